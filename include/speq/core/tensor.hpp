@@ -11,10 +11,16 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 #endif
 
+// speq parallelizes with its own fixed work partition (see threads.hpp); Eigen's GEMM picks its
+// blocking from the thread count, which would make results depend on it. So Eigen stays serial.
+#ifndef EIGEN_DONT_PARALLELIZE
+#define EIGEN_DONT_PARALLELIZE
+#endif
 #include <Eigen/Core>
 
 #include <algorithm>

@@ -1,0 +1,152 @@
+// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch), by im2col + GEMM.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "speq/core/tape.hpp"
+#include "speq/core/threads.hpp"
+#include "speq/kernels/elementwise.hpp"
+#include "speq/kernels/gemm.hpp"
+#include "speq/kernels/im2col.hpp"
+
+namespace speq {
+
+struct Conv2dOptions {
+    int stride = 1;
+    int padding = 0;  // zeros on every side
+};
+
+namespace detail {
+
+// Images are processed in this many fixed groups (a function of N only, never of the thread
+// count): each group reuses one column buffer, and the weight and bias gradients keep one
+// partial sum per group, added in group order afterwards. 8 groups keep 2..8 cores busy.
+inline int64_t conv2d_image_groups(int64_t n) { return std::clamp<int64_t>(n, 1, 8); }
+
+// Checks the arguments of conv2d and returns the per-image geometry.
+inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, const Var& bias,
+                                             const Conv2dOptions& options) {
+    SPEQ_CHECK(x.defined(), "conv2d: x is undefined");
+    SPEQ_CHECK(weight.defined(), "conv2d: weight is undefined");
+    const Shape& xs = x.shape();
+    const Shape& ws = weight.shape();
+    SPEQ_CHECK(xs.size() == 4, "conv2d: x must have rank 4 [N, C, H, W], got shape ", to_string(xs));
+    SPEQ_CHECK(ws.size() == 4, "conv2d: weight must have rank 4 [K, C, kh, kw], got shape ",
+               to_string(ws));
+    if (xs[1] != ws[1])
+        shape_mismatch("conv2d", "x [N, C, H, W] vs weight [K, C, kh, kw] (C differs)", xs, ws);
+    SPEQ_CHECK(options.stride >= 1, "conv2d: stride must be >= 1, got ", options.stride);
+    SPEQ_CHECK(options.padding >= 0, "conv2d: padding must be >= 0, got ", options.padding);
+    SPEQ_CHECK(ws[2] >= 1 && ws[3] >= 1, "conv2d: weight kernel size must be at least 1x1, got weight shape ",
+               to_string(ws));
+    const int64_t padded_h = xs[2] + 2 * options.padding, padded_w = xs[3] + 2 * options.padding;
+    SPEQ_CHECK(ws[2] <= padded_h && ws[3] <= padded_w, "conv2d: kernel ", ws[2], "x", ws[3],
+               " is larger than the padded input ", padded_h, "x", padded_w, " (x ", to_string(xs),
+               ", weight ", to_string(ws), ", padding ", options.padding, ")");
+    if (bias.defined() && bias.shape() != Shape{ws[0]})
+        shape_mismatch("conv2d", "bias vs [K] of weight [K, C, kh, kw]", bias.shape(), Shape{ws[0]});
+    return kernels::ConvGeometry::make(xs[1], xs[2], xs[3], ws[2], ws[3], options.stride,
+                                       options.padding);
+}
+
+}  // namespace detail
+
+// x: [N, C, H, W], weight: [K, C, kh, kw], bias: [K] or undefined Var -> [N, K, H', W'],
+// H' = (H + 2*padding - kh) / stride + 1, W' likewise. Zero padding; no groups or dilation.
+//
+// Per image n, with col_n = im2col(x_n): [C*kh*kw, H'W'] and W viewed as [K, C*kh*kw]:
+//   y_n = W col_n + b                                   ([K, H'W'])
+//
+// Backward, with dy_n = dL/dy_n ([K, H'W']):
+//   dx_n += col2im(W^T dy_n)       (col2im is the adjoint of im2col)
+//   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
+//   db   += sum_{n, h', w'} dy[n, :, h', w']
+// The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
+inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOptions options = {}) {
+    const kernels::ConvGeometry g = detail::conv2d_geometry(x, weight, bias, options);
+    const int64_t N = x.shape()[0], K = weight.shape()[0];
+    const int64_t R = g.col_rows(), P = g.col_cols();
+    const int64_t groups = detail::conv2d_image_groups(N);
+
+    Tensor y = Tensor::uninitialized({N, K, g.out_h, g.out_w});
+    {
+        const float* xp = x.value().data();
+        const float* wp = weight.value().data();
+        const float* bp = bias.defined() ? bias.value().data() : nullptr;
+        float* yp = y.data();
+        kernels::parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
+            Tensor col = g.is_pointwise() ? Tensor() : Tensor::uninitialized({R, P});
+            for (int64_t n = first; n < last; ++n) {
+                const float* x_n = xp + n * g.image_size();
+                if (!g.is_pointwise()) kernels::im2col(g, x_n, col.data());
+                float* y_n = yp + n * K * P;
+                kernels::gemm_nn(K, P, R, wp, g.is_pointwise() ? x_n : col.data(), y_n, false);
+                if (bp)
+                    for (int64_t k = 0; k < K; ++k)
+                        for (int64_t p = 0; p < P; ++p) y_n[k * P + p] += bp[k];
+            }
+        });
+    }
+
+    Var out = op_result(std::move(y), {&x, &weight, &bias});
+    if (!out.requires_grad()) return out;
+    tape().record([x, weight, bias, out, g, N, K, groups] {
+        if (!out.has_grad()) return;
+        const bool need_dx = x.requires_grad(), need_dw = weight.requires_grad(),
+                   need_db = bias.requires_grad();
+        const int64_t R = g.col_rows(), P = g.col_cols();
+        const float* xp = x.value().data();
+        const float* wp = weight.value().data();
+        const float* dy = out.grad().data();
+        // Gradients are fetched (created) here, outside the parallel loop.
+        float* dx = need_dx ? x.grad_for_accumulate().data() : nullptr;
+        Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();
+        Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
+
+        kernels::parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
+            const bool use_col = need_dw && !g.is_pointwise(), use_dcol = need_dx && !g.is_pointwise();
+            Tensor col = use_col ? Tensor::uninitialized({R, P}) : Tensor();
+            Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();
+            for (int64_t n = first; n < last; ++n) {
+                const float* dy_n = dy + n * K * P;
+                if (need_dx) {  // dx_n += col2im(W^T dy_n); for a pointwise conv col2im is the identity
+                    float* dx_n = dx + n * g.image_size();
+                    if (use_dcol) {
+                        kernels::gemm_tn(R, P, K, wp, dy_n, dcol.data(), false);
+                        kernels::col2im_add(g, dcol.data(), dx_n);
+                    } else {
+                        kernels::gemm_tn(R, P, K, wp, dy_n, dx_n, true);
+                    }
+                }
+                if (need_dw) {  // dW_group += dy_n col_n^T
+                    const float* x_n = xp + n * g.image_size();
+                    if (use_col) kernels::im2col(g, x_n, col.data());
+                    kernels::gemm_nt(K, R, P, dy_n, use_col ? col.data() : x_n,
+                                     dw_parts.data() + group * K * R, true);
+                }
+                if (need_db) {  // db_group[k] += sum over the pixels of dy_n[k]
+                    float* db_group = db_parts.data() + group * K;
+                    for (int64_t k = 0; k < K; ++k) {
+                        float sum = 0.0f;
+                        for (int64_t p = 0; p < P; ++p) sum += dy_n[k * P + p];
+                        db_group[k] += sum;
+                    }
+                }
+            }
+        });
+
+        // The group partials, added in group order: the same bits for any thread count.
+        auto add_parts = [groups](Tensor& parts, const Var& param) {
+            const int64_t size = parts.numel() / groups;
+            for (int64_t p = 1; p < groups; ++p)
+                kernels::accumulate(size, parts.data(), parts.data() + p * size);
+            kernels::accumulate(size, param.grad_for_accumulate().data(), parts.data());
+        };
+        if (need_dw) add_parts(dw_parts, weight);
+        if (need_db) add_parts(db_parts, bias);
+    });
+    return out;
+}
+
+}  // namespace speq
