@@ -1,6 +1,6 @@
 // speq: stochastic precision ensemble training of quantized neural networks, on the CPU.
-// Include this one header to get all of speq; each line below is one floor of the library,
-// and each floor includes only the floors above it in this list.
+// Include this one header to get all of speq. Each group below is one floor of the library;
+// a floor includes only the floors listed before it.
 #pragma once
 
 // core: tensors, the autodiff tape, errors, threads, random numbers
@@ -10,6 +10,28 @@
 #include "speq/core/tensor.hpp"
 #include "speq/core/threads.hpp"
 
+// kernels: the fast loops (and the plain references the tests compare them with)
+#include "speq/kernels/conv_reference.hpp"
+#include "speq/kernels/elementwise.hpp"
+#include "speq/kernels/gemm.hpp"
+#include "speq/kernels/im2col.hpp"
+#include "speq/kernels/reduce.hpp"
+
 // ops: differentiable operations, forward and backward side by side
 #include "speq/ops/add.hpp"
+#include "speq/ops/batch_norm.hpp"
+#include "speq/ops/conv2d.hpp"
+#include "speq/ops/linear.hpp"
+#include "speq/ops/losses.hpp"
+#include "speq/ops/pool.hpp"
 #include "speq/ops/relu.hpp"
+#include "speq/ops/reshape.hpp"
+#include "speq/ops/scale.hpp"
+#include "speq/ops/softmax.hpp"
+
+// io: data sets and batches
+#include "speq/io/augment.hpp"
+#include "speq/io/cifar10.hpp"
+#include "speq/io/dataset.hpp"
+#include "speq/io/idx.hpp"
+#include "speq/io/loader.hpp"
