@@ -29,6 +29,25 @@
 #include "speq/ops/scale.hpp"
 #include "speq/ops/softmax.hpp"
 
+// quant: quantizers as differentiable ops (straight-through and PACT/LSQ gradients)
+#include "speq/quant/act_quant.hpp"
+#include "speq/quant/bits.hpp"
+#include "speq/quant/lsq.hpp"
+#include "speq/quant/weight_quant.hpp"
+
+// nn: modules with named parameters and buffers (PyTorch state_dict names)
+#include "speq/nn/batch_norm.hpp"
+#include "speq/nn/conv2d.hpp"
+#include "speq/nn/init.hpp"
+#include "speq/nn/linear.hpp"
+#include "speq/nn/module.hpp"
+#include "speq/nn/sequential.hpp"
+#include "speq/nn/stateless.hpp"
+
+// optim: SGD and learning-rate schedules
+#include "speq/optim/schedule.hpp"
+#include "speq/optim/sgd.hpp"
+
 // io: data sets and batches
 #include "speq/io/augment.hpp"
 #include "speq/io/cifar10.hpp"
