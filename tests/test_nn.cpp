@@ -16,6 +16,7 @@
 #include "speq/nn/module.hpp"
 #include "speq/nn/sequential.hpp"
 #include "speq/nn/stateless.hpp"
+#include "speq/nn/weight_quantizer.hpp"
 
 using namespace speq;
 
@@ -358,4 +359,154 @@ TEST_CASE("gradcheck: Conv2d -> BatchNorm2d -> ReLU -> pool -> Linear, training 
     model.eval();
     keep_relu_inputs_off_zero(model, bn, inputs.back().value());
     testing::check_gradients("small CNN, eval-mode BN", forward, inputs);
+}
+
+// ---- weight quantization inside Conv2d and Linear ----
+
+TEST_CASE("nn: Conv2d and Linear are full precision by default") {
+    Rng rng(12);
+    nn::Conv2d conv(2, 3, 3, 1, 1, true, rng);
+    CHECK(conv.weight_bits() == quant::kFullPrecision);
+    CHECK_FALSE(conv.weight_quant().quantizes());
+    CHECK_FALSE(conv.weight_step().defined());
+    Tensor x = randn({2, 2, 5, 5}, rng);
+    Var y = conv.forward(Var(x));
+    Var want = conv2d(Var(x), conv.weight(), conv.bias(), {1, 1});
+    for (int64_t i = 0; i < y.numel(); ++i) CHECK(y.value()[i] == want.value()[i]);
+    const Tensor q = conv.quantized_weight();
+    for (int64_t i = 0; i < q.numel(); ++i) CHECK(q[i] == conv.weight().value()[i]);
+    CHECK_THROWS_AS(conv.weight_codes(), Error);
+    CHECK(nn::describe(conv.weight_quant()) == "W32 (full precision)");
+}
+
+TEST_CASE("nn: Conv2d / Linear with computed scales: forward uses quant::quantize_weight, names stay") {
+    Rng rng(13);
+    for (quant::ScaleMethod method : {quant::ScaleMethod::max_abs, quant::ScaleMethod::min_l2}) {
+        for (bool per_channel : {false, true}) {
+            INFO("method ", int(method), ", per_channel ", per_channel);
+            nn::Conv2d conv(3, 4, 3, 2, 1, true, rng);
+            nn::WeightQuantConfig config;
+            config.bits = 2;
+            config.per_channel = per_channel;
+            config.scale = method == quant::ScaleMethod::max_abs ? nn::WeightScale::max_abs : nn::WeightScale::min_l2;
+            conv.set_weight_quant(config);
+            CHECK(conv.weight_quant() == config);
+            CHECK(names_of(conv.named_parameters()) == std::vector<std::string>{"weight", "bias"});
+
+            const quant::WeightQuantOptions options{2, per_channel, method, quant::Grid::mid_rise};
+            const Tensor want_w = quant::quantize_weight(Var(conv.weight().value()), options).value();
+            const Tensor q = conv.quantized_weight();
+            for (int64_t i = 0; i < q.numel(); ++i) CHECK(q[i] == want_w[i]);
+            const quant::IntegerCodes codes = conv.weight_codes();
+            CHECK(codes.scales.size() == (per_channel ? 4u : 1u));
+            for (int64_t i = 0; i < q.numel(); ++i) {
+                CHECK(codes.value(i) == q[i]);
+                CHECK(codes.codes[i] >= codes.min_code);
+                CHECK(codes.codes[i] <= codes.max_code);
+            }
+
+            // Forward = conv with the quantized weight; the weight gradient is the STE's.
+            Tensor x = randn({2, 3, 6, 6}, rng);
+            Var y = conv.forward(Var(x));
+            Tensor seed = randn(y.shape(), rng);
+            backward(y, seed);  // (the tape is per thread: one graph at a time)
+            Var qw = Var::parameter(q);
+            Var ref = conv2d(Var(x), qw, conv.bias(), {2, 1});
+            REQUIRE(y.shape() == ref.shape());
+            for (int64_t i = 0; i < y.numel(); ++i) CHECK(y.value()[i] == ref.value()[i]);
+            backward(ref, seed);
+            const auto thresholds = quant::weight_scales(conv.weight().value(), options);
+            const int64_t inner = q.numel() / thresholds.numel();
+            for (int64_t i = 0; i < q.numel(); ++i) {
+                // dw = dq where |w| <= T = s * limit (max_abs: everywhere), else 0.
+                const float t = thresholds[i / inner] * quant::grid_spec("test", 2, quant::Grid::mid_rise).limit;
+                const bool inside = method == quant::ScaleMethod::max_abs || std::abs(conv.weight().value()[i]) <= t;
+                CHECK(conv.weight().grad()[i] == doctest::Approx(inside ? qw.grad()[i] : 0.0f).epsilon(1e-6));
+            }
+        }
+    }
+    // Linear, the same way.
+    nn::Linear fc(8, 5, true, rng);
+    fc.set_weight_bits(3);
+    CHECK(fc.weight_bits() == 3);
+    CHECK(fc.weight_quant().scale == nn::WeightScale::min_l2);
+    const Tensor want = quant::quantize_weight(Var(fc.weight().value()), {3, false, quant::ScaleMethod::min_l2,
+                                                                         quant::Grid::mid_rise}).value();
+    Tensor x = randn({4, 8}, rng);
+    Var y = fc.forward(Var(x));
+    Var ref = linear(Var(x), Var(want), fc.bias());
+    for (int64_t i = 0; i < y.numel(); ++i) CHECK(y.value()[i] == ref.value()[i]);
+    tape().clear();
+}
+
+TEST_CASE("nn: LSQ registers weight_step (no decay), initialises it once, and it learns") {
+    Rng rng(14);
+    nn::Conv2d conv(3, 4, 3, 1, 1, true, rng);
+    nn::WeightQuantConfig lsq;
+    lsq.bits = 2;
+    lsq.scale = nn::WeightScale::lsq;
+    conv.set_weight_quant(lsq);
+    CHECK(names_of(conv.named_parameters()) == std::vector<std::string>{"weight", "bias", "weight_step"});
+    CHECK(conv.parameters_without_decay() == std::vector<std::string>{"weight_step"});
+    CHECK_FALSE(nn::weight_decay_filter(conv)("weight_step"));
+    const Tensor init = quant::lsq_init_step(conv.weight().value(), 2, false);
+    REQUIRE(conv.weight_step().shape() == Shape{1});
+    CHECK(conv.weight_step().value()[0] == init[0]);
+
+    // Forward = lsq_quantize; the step receives gradient.
+    Tensor x = randn({2, 3, 5, 5}, rng);
+    Var y = conv.forward(Var(x));
+    Var ref = conv2d(Var(x), quant::lsq_quantize(Var(conv.weight().value()), Var(conv.weight_step().value()), 2, false),
+                     conv.bias(), {1, 1});
+    for (int64_t i = 0; i < y.numel(); ++i) CHECK(y.value()[i] == ref.value()[i]);
+    backward(y, randn(y.shape(), rng));
+    tape().clear();
+    REQUIRE(conv.weight_step().has_grad());
+    CHECK(conv.weight_step().grad()[0] != 0.0f);
+    const quant::IntegerCodes codes = conv.weight_codes();
+    const Tensor q = conv.quantized_weight();
+    for (int64_t i = 0; i < q.numel(); ++i) CHECK(codes.value(i) == q[i]);
+
+    // The same config again, or a detour through full precision, keeps the learned step.
+    Var step = conv.weight_step();  // a handle: writes reach the layer's parameter
+    step.value()[0] = 0.123f;
+    conv.set_weight_quant(lsq);
+    CHECK(conv.weight_step().value()[0] == 0.123f);
+    conv.set_weight_bits(32);
+    CHECK(conv.weight_step().defined());  // stays registered, unused
+    Tensor fp = conv.quantized_weight();
+    for (int64_t i = 0; i < fp.numel(); ++i) CHECK(fp[i] == conv.weight().value()[i]);
+    conv.set_weight_bits(2);
+    CHECK(conv.weight_step().value()[0] == 0.123f);
+    // Other bits or per-channel: initialised again (per channel: one step per output channel).
+    conv.set_weight_bits(4);
+    CHECK(conv.weight_step().value()[0] == quant::lsq_init_step(conv.weight().value(), 4, false)[0]);
+    nn::WeightQuantConfig per_channel = lsq;
+    per_channel.per_channel = true;
+    conv.set_weight_quant(per_channel);
+    CHECK(conv.weight_step().shape() == Shape{4});
+    CHECK_FALSE(conv.weight_step().has_grad());
+    CHECK(names_of(conv.named_parameters()) == std::vector<std::string>{"weight", "bias", "weight_step"});
+    // reset_weight_step re-reads the weights.
+    Var weight = conv.weight();
+    weight.value().fill(0.5f);
+    conv.reset_weight_step();
+    CHECK(conv.weight_step().value()[2] == quant::lsq_init_step(conv.weight().value(), 2, true)[2]);
+    CHECK(nn::describe(conv.weight_quant()) == "W2 lsq per-channel mid_rise");
+}
+
+TEST_CASE("nn: bad weight quantization settings are errors that change nothing") {
+    Rng rng(15);
+    nn::Linear fc(4, 3, false, rng);
+    fc.set_weight_bits(4);
+    CHECK_THROWS_WITH_AS(fc.set_weight_bits(9), doctest::Contains("nn::Linear: weight quantization: bits must be 1..8"),
+                         Error);
+    nn::WeightQuantConfig narrow1;
+    narrow1.bits = 1;
+    narrow1.grid = quant::Grid::narrow;
+    CHECK_THROWS_WITH_AS(fc.set_weight_quant(narrow1), doctest::Contains("narrow grid needs bits >= 2"), Error);
+    CHECK(fc.weight_bits() == 4);
+    CHECK(nn::parse_weight_scale("lsq") == nn::WeightScale::lsq);
+    CHECK(nn::parse_weight_scale("max_abs") == nn::WeightScale::max_abs);
+    CHECK_THROWS_WITH_AS(nn::parse_weight_scale("mse"), doctest::Contains("max_abs, min_l2, lsq; got 'mse'"), Error);
 }

@@ -1,15 +1,18 @@
-// speq/nn/conv2d.hpp: a 2-D convolution layer (PyTorch's nn.Conv2d with square kernels).
+// speq/nn/conv2d.hpp: a 2-D convolution layer (PyTorch's nn.Conv2d with square kernels), with an
+// optional weight quantizer (nn/weight_quantizer.hpp; full precision by default).
 #pragma once
 
 #include "speq/nn/init.hpp"
 #include "speq/nn/module.hpp"
+#include "speq/nn/weight_quantizer.hpp"
 #include "speq/ops/conv2d.hpp"
 
 namespace speq::nn {
 
-// Parameters: weight [out, in, k, k], bias [out] (only when `bias` is true).
-// forward: x [N, in, H, W] -> [N, out, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]
-class Conv2d : public UnaryModule {
+// Parameters: weight [out, in, k, k], bias [out] (only when `bias` is true), weight_step (LSQ only).
+// forward: x [N, in, H, W] -> [N, out, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1],
+//          computed with the quantized weight (set_weight_quant) and the full-precision bias.
+class Conv2d : public WeightQuantLayer {
 public:
     Conv2d(int in_channels, int out_channels, int kernel_size, int stride, int padding, bool bias, Rng& rng,
            WeightInit init = WeightInit::pytorch_default)
@@ -27,10 +30,9 @@ public:
         if (bias) bias_ = register_parameter("bias", std::move(b));
     }
 
-    Var forward(const Var& x) override { return conv2d(x, weight_, bias_, options_); }
+    Var forward(const Var& x) override { return conv2d(x, effective_weight(), bias_, options_); }
+    const char* layer_kind() const override { return "nn::Conv2d"; }
 
-    const Var& weight() const { return weight_; }
-    const Var& bias() const { return bias_; }  // undefined Var when built without bias
     int in_channels() const { return in_channels_; }
     int out_channels() const { return out_channels_; }
     int kernel_size() const { return kernel_size_; }
@@ -40,7 +42,6 @@ public:
 private:
     int in_channels_, out_channels_, kernel_size_;
     Conv2dOptions options_;
-    Var weight_, bias_;
 };
 
 }  // namespace speq::nn

@@ -1,15 +1,17 @@
-// speq/nn/linear.hpp: a fully connected layer (PyTorch's nn.Linear).
+// speq/nn/linear.hpp: a fully connected layer (PyTorch's nn.Linear), with an optional weight
+// quantizer (nn/weight_quantizer.hpp; full precision by default).
 #pragma once
 
 #include "speq/nn/init.hpp"
 #include "speq/nn/module.hpp"
+#include "speq/nn/weight_quantizer.hpp"
 #include "speq/ops/linear.hpp"
 
 namespace speq::nn {
 
-// Parameters: weight [out, in], bias [out] (only when `bias` is true).
-// forward: x [N, in] -> [N, out],  y = x W^T + b
-class Linear : public UnaryModule {
+// Parameters: weight [out, in], bias [out] (only when `bias` is true), weight_step (LSQ only).
+// forward: x [N, in] -> [N, out],  y = x Q(W)^T + b   (Q: the weight quantizer; identity by default)
+class Linear : public WeightQuantLayer {
 public:
     Linear(int in_features, int out_features, bool bias, Rng& rng, WeightInit init = WeightInit::pytorch_default)
         : in_features_(in_features), out_features_(out_features) {
@@ -22,16 +24,14 @@ public:
         if (bias) bias_ = register_parameter("bias", std::move(b));
     }
 
-    Var forward(const Var& x) override { return linear(x, weight_, bias_); }
+    Var forward(const Var& x) override { return linear(x, effective_weight(), bias_); }
+    const char* layer_kind() const override { return "nn::Linear"; }
 
-    const Var& weight() const { return weight_; }
-    const Var& bias() const { return bias_; }  // undefined Var when built without bias
     int in_features() const { return in_features_; }
     int out_features() const { return out_features_; }
 
 private:
     int in_features_, out_features_;
-    Var weight_, bias_;
 };
 
 }  // namespace speq::nn
