@@ -188,3 +188,19 @@ TEST_CASE("losses: weighted sum through scale reaches the logits") {
     // (softmax - onehot) * 0.5
     CHECK(z.grad()[2] == doctest::Approx((0.66524096 - 1) * 0.5).epsilon(1e-6));
 }
+
+TEST_CASE("cosine_loss: exactly zero for identical rows, accurate for nearly identical ones") {
+    Rng rng(5);
+    Tensor p = randn({4, 10}, rng);
+    CHECK(cosine_loss(Var(p), Var(p)).value()[0] == 0.0f);  // SPEQ with u = 0 relies on this
+
+    // Nearly parallel rows: 1 - cos is about 1e-9 here, which 1 - dot / (|a||b|) in double would
+    // still get, but in float would round to 0; compare with a long-double reference.
+    Tensor a = randn({1, 10}, rng), b = a;
+    for (int64_t k = 0; k < 10; ++k) b[k] += (k % 2 ? 3e-5f : -3e-5f);
+    long double dot = 0, aa = 0, bb = 0;
+    for (int64_t k = 0; k < 10; ++k) dot += (long double)a[k] * b[k], aa += (long double)a[k] * a[k], bb += (long double)b[k] * b[k];
+    const double expected = static_cast<double>(1.0L - dot / std::sqrt(aa * bb));
+    REQUIRE(expected > 0.0);
+    CHECK(cosine_loss(Var(a), Var(b)).value()[0] == doctest::Approx(expected).epsilon(1e-3));
+}

@@ -66,7 +66,7 @@ double accuracy(const Tensor& logits, const std::vector<int>& labels) {
 }
 
 // Trains for `steps` SGD steps on fresh batches; returns the first and the last training loss.
-std::pair<float, float> train(TinyNet& model, int steps, int batch, uint64_t data_seed) {
+std::pair<float, float> train_tiny(TinyNet& model, int steps, int batch, uint64_t data_seed) {
     optim::SGD sgd(model.net.named_parameters(), {0.1f, 0.9f, 0.0f, true, 1e-4f},
                    nn::weight_decay_filter(model.net));
     Rng data_rng(data_seed);
@@ -86,7 +86,7 @@ std::pair<float, float> train(TinyNet& model, int steps, int batch, uint64_t dat
 
 TEST_CASE("training: a tiny conv-BN-ReLU-pool-linear network learns a synthetic task") {
     TinyNet model(42);
-    auto [first_loss, last_loss] = train(model, 60, 32, 7);
+    auto [first_loss, last_loss] = train_tiny(model, 60, 32, 7);
     MESSAGE("training loss: first step ", first_loss, ", last step ", last_loss);
     CHECK(first_loss > 1.2f);  // about log(4) = 1.39 at the start
     CHECK(last_loss < 0.3f * first_loss);
@@ -106,7 +106,7 @@ TEST_CASE("training: 1 and 2 threads give bit-identical parameters") {
     auto run = [](int threads) {
         set_num_threads(threads);
         TinyNet model(3);
-        train(model, 5, 64, 11);  // batch 64: conv groups, batch-norm channels and maps all split
+        train_tiny(model, 5, 64, 11);  // batch 64: conv groups, batch-norm channels and maps all split
         std::vector<Tensor> state;
         for (auto& [name, tensor] : model.net.state()) state.push_back(*tensor);
         return state;

@@ -27,6 +27,7 @@
 #include "speq/ops/relu.hpp"
 #include "speq/ops/reshape.hpp"
 #include "speq/ops/scale.hpp"
+#include "speq/ops/shortcut.hpp"
 #include "speq/ops/softmax.hpp"
 
 // quant: quantizers as differentiable ops (straight-through and PACT/LSQ gradients)
@@ -36,21 +37,38 @@
 #include "speq/quant/weight_quant.hpp"
 
 // nn: modules with named parameters and buffers (PyTorch state_dict names)
+#include "speq/nn/act_quant.hpp"
 #include "speq/nn/batch_norm.hpp"
 #include "speq/nn/conv2d.hpp"
 #include "speq/nn/init.hpp"
 #include "speq/nn/linear.hpp"
+#include "speq/nn/models/make_model.hpp"
+#include "speq/nn/models/resnet.hpp"
+#include "speq/nn/models/small_cnn.hpp"
 #include "speq/nn/module.hpp"
+#include "speq/nn/quant_control.hpp"
 #include "speq/nn/sequential.hpp"
 #include "speq/nn/stateless.hpp"
+#include "speq/nn/weight_quantizer.hpp"
 
 // optim: SGD and learning-rate schedules
 #include "speq/optim/schedule.hpp"
 #include "speq/optim/sgd.hpp"
 
-// io: data sets and batches
+// io: data sets and batches, checkpoints, configs
+#include "speq/io/atomic_file.hpp"
 #include "speq/io/augment.hpp"
 #include "speq/io/cifar10.hpp"
+#include "speq/io/config.hpp"
 #include "speq/io/dataset.hpp"
 #include "speq/io/idx.hpp"
 #include "speq/io/loader.hpp"
+#include "speq/io/safetensors.hpp"
+
+// train: the training methods (fp, qat, kd, speq), checkpoints, evaluation, progress
+#include "speq/train/checkpoint.hpp"
+#include "speq/train/data.hpp"
+#include "speq/train/evaluate.hpp"
+#include "speq/train/progress.hpp"
+#include "speq/train/speq.hpp"
+#include "speq/train/trainer.hpp"

@@ -77,7 +77,10 @@ inline Var cosine_loss(const Var& a, const Var& b, float eps = 1e-8f) {
     SPEQ_CHECK(N > 0, "cosine_loss: the batch is empty");
 
     // Saved per row: cos, the denominator, |a|^2 and |b|^2.
-    std::vector<double> cos(N), denom(N), norm2_a(N), norm2_b(N);
+    // The loss itself is computed as 1 - cos = |a/|a| - b/|b||^2 / 2 (the same number when the
+    // denominator is not clamped): no cancellation when a and b nearly agree; equal rows give
+    // exactly 0 (SPEQ with u = 0, where teacher and student coincide).
+    std::vector<double> cos(N), denom(N), norm2_a(N), norm2_b(N), one_minus_cos(N);
     const float *ad = a.value().data(), *bd = b.value().data();
     parallel_for(0, N, [&](int64_t i) {
         double dot = 0.0, aa = 0.0, bb = 0.0;
@@ -88,9 +91,22 @@ inline Var cosine_loss(const Var& a, const Var& b, float eps = 1e-8f) {
         denom[i] = std::max(std::sqrt(aa) * std::sqrt(bb), static_cast<double>(eps));
         cos[i] = dot / denom[i];
         norm2_a[i] = aa, norm2_b[i] = bb;
+        if (std::equal(ad + i * D, ad + (i + 1) * D, bd + i * D)) {
+            one_minus_cos[i] = 0.0;  // exact, whatever FMA contraction does to the formula below
+        } else if (denom[i] > eps) {
+            const double inv_a = 1.0 / std::sqrt(aa), inv_b = 1.0 / std::sqrt(bb);
+            double half_distance2 = 0.0;
+            for (int64_t k = 0; k < D; ++k) {
+                const double diff = ad[i * D + k] * inv_a - bd[i * D + k] * inv_b;
+                half_distance2 += 0.5 * diff * diff;
+            }
+            one_minus_cos[i] = half_distance2;
+        } else {
+            one_minus_cos[i] = 1.0 - cos[i];
+        }
     });
     double total = 0.0;
-    for (int64_t i = 0; i < N; ++i) total += 1.0 - cos[i];
+    for (int64_t i = 0; i < N; ++i) total += one_minus_cos[i];
     Tensor loss = Tensor::of({1}, {static_cast<float>(total / N)});
 
     Var out = op_result(std::move(loss), {&a, &b});

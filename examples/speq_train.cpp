@@ -1,0 +1,55 @@
+// speq-train: train a model as a JSON config describes (see configs/ and docs of io/config.hpp).
+//
+//   speq-train --config FILE [--set key=value]... [--resume]
+//   speq-train --print-config-reference      every key, its type, default and allowed values
+//
+// --set overrides a key, nested keys by dots: --set speq.u=0.4 --set epochs=2.
+// --resume continues the run in out_dir from its last.safetensors.
+#include <speq/speq.hpp>
+#include <speq/train/trainer.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+static const char* kUsage =
+    "usage: speq-train --config FILE [--set key=value]... [--resume]\n"
+    "       speq-train --print-config-reference\n";
+
+int main(int argc, char** argv) {
+    try {
+        std::string config_path;
+        std::vector<std::string> overrides;
+        bool resume = false;
+        for (int i = 1; i < argc; ++i) {
+            const std::string arg = argv[i];
+            auto value = [&]() -> std::string {
+                SPEQ_CHECK(i + 1 < argc, "speq-train: ", arg, " needs a value\n", kUsage);
+                return argv[++i];
+            };
+            if (arg == "--config") config_path = value();
+            else if (arg == "--set") overrides.push_back(value());
+            else if (arg == "--resume") resume = true;
+            else if (arg == "--print-config-reference") {
+                std::fputs(speq::io::config_reference_markdown().c_str(), stdout);
+                return 0;
+            } else if (arg == "--help" || arg == "-h") {
+                std::fputs(kUsage, stdout);
+                return 0;
+            } else {
+                speq::fail("speq-train: unknown argument '", arg, "'\n", kUsage);
+            }
+        }
+        SPEQ_CHECK(!config_path.empty(), "speq-train: --config is required\n", kUsage);
+        speq::io::TrainConfig config = speq::io::load_config(config_path, overrides);
+        speq::train::Trainer trainer(config, resume);
+        speq::train::RunSummary s = trainer.run();
+        std::printf("done: test top-1 %.2f%% after %lld steps in %s; results in %s\n", 100.0 * s.test_top1,
+                    static_cast<long long>(s.steps), speq::train::format_duration(s.wall_seconds).c_str(),
+                    config.out_dir.c_str());
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "speq-train: error: %s\n", e.what());
+        return 1;
+    }
+}

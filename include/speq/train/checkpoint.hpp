@@ -1,0 +1,147 @@
+// speq/train/checkpoint.hpp: what a training checkpoint holds, and loading it back.
+//
+// One safetensors file (io/safetensors.hpp) per checkpoint:
+//   tensors   the model's state() under PyTorch state_dict names ("layer1.0.conv1.weight", ...)
+//             and the optimizer's momentum buffers as "optimizer.momentum.<parameter name>"
+//   metadata  speq_format, the resolved config (JSON), the position in training (epoch, batch,
+//             global step), the running sums of the unfinished epoch, and the SPEQ RNG state
+// So a resumed run continues bit for bit where the checkpoint was written. To load the model in
+// PyTorch: {k: v for k, v in load_file(path).items() if not k.startswith("optimizer.")}.
+#pragma once
+
+#include <string>
+
+#include "speq/core/rng.hpp"
+#include "speq/io/config.hpp"
+#include "speq/io/safetensors.hpp"
+#include "speq/nn/module.hpp"
+#include "speq/optim/sgd.hpp"
+
+namespace speq::train {
+
+inline constexpr const char* kMomentumPrefix = "optimizer.momentum.";
+
+// Where training stands; everything besides tensors that a resumed run needs.
+struct TrainingPosition {
+    int64_t epoch = 0;  // the epoch in progress (0-based)
+    int64_t batch = 0;  // batches of that epoch already done
+    int64_t step = 0;   // optimizer steps done in the whole run
+    // Running sums of the epoch in progress (so its averages come out as without interruption).
+    double loss_sum = 0.0, ce_sum = 0.0, kd_sum = 0.0, high_sum = 0.0;
+    int64_t correct = 0, seen = 0;
+    Rng::State rng{0, 1};
+    double wall_seconds = 0.0;  // training time spent so far, over all resumptions
+};
+
+namespace detail {
+inline std::string u64_text(uint64_t v) { return std::to_string(v); }
+inline uint64_t parse_u64(const std::map<std::string, std::string>& meta, const std::string& key,
+                          const std::string& path) {
+    auto it = meta.find(key);
+    SPEQ_CHECK(it != meta.end(), path, ": not a speq training checkpoint: metadata '", key, "' is missing");
+    try {
+        size_t used = 0;
+        uint64_t v = std::stoull(it->second, &used);
+        SPEQ_CHECK(used == it->second.size(), "");
+        return v;
+    } catch (...) {
+        fail(path, ": metadata '", key, "' = '", it->second, "' is not a whole number");
+    }
+}
+inline double parse_double(const std::map<std::string, std::string>& meta, const std::string& key,
+                           const std::string& path) {
+    auto it = meta.find(key);
+    SPEQ_CHECK(it != meta.end(), path, ": not a speq training checkpoint: metadata '", key, "' is missing");
+    try {
+        return std::stod(it->second);
+    } catch (...) {
+        fail(path, ": metadata '", key, "' = '", it->second, "' is not a number");
+    }
+}
+inline std::string double_text(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", v);  // round-trips exactly
+    return buf;
+}
+}  // namespace detail
+
+// Writes model + optimizer + position atomically to `path`.
+inline void save_checkpoint(const std::string& path, nn::Module& model, const optim::SGD& sgd,
+                            const io::TrainConfig& config, const TrainingPosition& at) {
+    io::NamedConstTensors tensors;
+    for (auto& [name, t] : model.state()) tensors.push_back({name, t});
+    for (auto& [name, t] : sgd.momentum_buffers()) tensors.push_back({kMomentumPrefix + name, t});
+    std::map<std::string, std::string> meta = {
+        {"config", io::to_json(config).dump()},
+        {"epoch", std::to_string(at.epoch)},
+        {"batch", std::to_string(at.batch)},
+        {"step", std::to_string(at.step)},
+        {"loss_sum", detail::double_text(at.loss_sum)},
+        {"ce_sum", detail::double_text(at.ce_sum)},
+        {"kd_sum", detail::double_text(at.kd_sum)},
+        {"high_sum", detail::double_text(at.high_sum)},
+        {"correct", std::to_string(at.correct)},
+        {"seen", std::to_string(at.seen)},
+        {"rng_state", detail::u64_text(at.rng.state)},
+        {"rng_inc", detail::u64_text(at.rng.inc)},
+        {"wall_seconds", detail::double_text(at.wall_seconds)},
+    };
+    io::save_safetensors(path, tensors, meta);
+}
+
+// The config a speq checkpoint was trained with.
+inline io::TrainConfig checkpoint_config(const io::TensorFile& file, const std::string& path) {
+    auto it = file.metadata.find("config");
+    SPEQ_CHECK(it != file.metadata.end(), path, ": not a speq training checkpoint: it has no 'config' metadata");
+    return io::config_from_json(io::config_detail::parse_json_text(it->second, path + " (metadata 'config')"),
+                                path + " (metadata 'config')");
+}
+
+// Loads only the model's tensors (optimizer state is ignored). Quantizer parameters that the file
+// lacks (LSQ's weight_step, when starting QAT from a full-precision run) are left as they are and
+// their names returned, so the caller can initialise them.
+inline std::vector<std::string> load_model_state(const io::TensorFile& file, nn::Module& model, const std::string& path) {
+    io::NamedMutableTensors wanted;
+    std::vector<std::string> absent;
+    for (auto& [name, t] : model.state()) {
+        const bool optional = name.size() >= 11 && name.compare(name.size() - 11, 11, "weight_step") == 0;
+        if (optional && !file.find(name)) absent.push_back(name);
+        else wanted.push_back({name, t});
+    }
+    // The file may hold optimizer state besides the model: only unprefixed names must match.
+    io::TensorFile model_part;
+    for (const auto& [name, t] : file.tensors)
+        if (name.compare(0, std::strlen(kMomentumPrefix), kMomentumPrefix) != 0) model_part.tensors.push_back({name, t});
+    io::assign_tensors(model_part, wanted, path);
+    return absent;
+}
+
+// Restores everything save_checkpoint wrote; the model must already be built and configured
+// exactly as when it was saved.
+inline TrainingPosition load_checkpoint(const io::TensorFile& file, const std::string& path, nn::Module& model,
+                                        optim::SGD& sgd) {
+    io::NamedMutableTensors everything;
+    for (auto& [name, t] : model.state()) everything.push_back({name, t});
+    io::assign_tensors(file, everything, path, /*allow_extra=*/true);
+    sgd.clear_momentum_buffers();
+    const size_t prefix = std::strlen(kMomentumPrefix);
+    for (const auto& [name, t] : file.tensors)
+        if (name.compare(0, prefix, kMomentumPrefix) == 0) sgd.set_momentum_buffer(name.substr(prefix), t);
+
+    const auto& m = file.metadata;
+    TrainingPosition at;
+    at.epoch = static_cast<int64_t>(detail::parse_u64(m, "epoch", path));
+    at.batch = static_cast<int64_t>(detail::parse_u64(m, "batch", path));
+    at.step = static_cast<int64_t>(detail::parse_u64(m, "step", path));
+    at.loss_sum = detail::parse_double(m, "loss_sum", path);
+    at.ce_sum = detail::parse_double(m, "ce_sum", path);
+    at.kd_sum = detail::parse_double(m, "kd_sum", path);
+    at.high_sum = detail::parse_double(m, "high_sum", path);
+    at.correct = static_cast<int64_t>(detail::parse_u64(m, "correct", path));
+    at.seen = static_cast<int64_t>(detail::parse_u64(m, "seen", path));
+    at.rng = {detail::parse_u64(m, "rng_state", path), detail::parse_u64(m, "rng_inc", path)};
+    at.wall_seconds = detail::parse_double(m, "wall_seconds", path);
+    return at;
+}
+
+}  // namespace speq::train

@@ -1,0 +1,93 @@
+// speq/train/speq.hpp: the SPEQ teacher: the student's own network, run again with randomly
+// raised activation precision (Boo et al., AAAI 2021). This is the only place the method lives.
+//
+// One SPEQ step (the trainer calls these in this order):
+//   z_s = model(x)                                   student: every quantizer at its target bits
+//   bits_t = draw_teacher_bits(...)                  per layer: n_H with probability u, else n_A
+//   p_t = teacher_probabilities(model, x, bits_t)    same weights, no tape, BN stats untouched
+//   loss = ce_weight * CE(z_s, y) + kd_weight * mean(1 - cos(softmax(z_s / T), p_t))
+// p_t is a constant: no gradient flows through the teacher, and it costs one forward pass.
+#pragma once
+
+#include <vector>
+
+#include "speq/core/rng.hpp"
+#include "speq/io/config.hpp"
+#include "speq/nn/batch_norm.hpp"
+#include "speq/nn/quant_control.hpp"
+#include "speq/ops/add.hpp"
+#include "speq/ops/losses.hpp"
+#include "speq/ops/scale.hpp"
+#include "speq/ops/softmax.hpp"
+
+namespace speq::train {
+
+// The teacher's bit-width for every ActQuant of the model, in forward order.
+// Only the layers the student runs at the target precision `act_bits` are drawn; the others
+// (the 8-bit input of the classifier, full-precision layers) keep the student's bits.
+//   binary:  n_H = high_bits with probability u, else act_bits   (the paper's best setting)
+//   uniform: an integer drawn uniformly from [uniform_low, uniform_high] ("Mix" in the paper)
+// Layers are drawn independently, and a new pattern is drawn for every batch.
+inline std::vector<int> draw_teacher_bits(const std::vector<int>& student_bits, int act_bits,
+                                          const io::SpeqConfig& config, Rng& rng) {
+    std::vector<int> bits = student_bits;
+    for (int& b : bits) {
+        if (b != act_bits) continue;
+        if (config.draw == io::BitsDraw::binary) {
+            if (rng.bernoulli(static_cast<float>(config.u))) b = config.high_bits;
+        } else {
+            const int span = config.uniform_high - config.uniform_low + 1;
+            b = config.uniform_low + static_cast<int>(rng.below(static_cast<uint32_t>(span)));
+        }
+    }
+    return bits;
+}
+
+// softmax(model(x) / T) with the ActQuants at `teacher_bits`, computed without recording
+// anything, with batch norm in the model's current mode but its running statistics untouched.
+// Every bit-width is restored afterwards (also if the forward pass throws).   -> [N, K]
+inline Tensor teacher_probabilities(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
+                                    float temperature) {
+    NoGradGuard no_grad;
+    nn::FreezeRunningStats keep_running_stats(model);
+    nn::ActBitsGuard keep_bits(model);
+    nn::set_act_bits_per_layer(model, teacher_bits);
+    return softmax(model(x), temperature).value();
+}
+
+// The distillation term: mean over the batch of 1 - cos(softmax(z_s / T), p_t).   -> [1]
+inline Var speq_kd_loss(const Var& student_logits, const Tensor& teacher_probs, float temperature) {
+    return cosine_loss(softmax(student_logits, temperature), Var(teacher_probs));
+}
+
+// The parts of one SPEQ loss, for logging.
+struct SpeqLoss {
+    Var total;        // what backward runs from
+    float ce = 0.0f;  // cross-entropy of the student
+    float kd = 0.0f;  // mean 1 - cos(p_s, p_t)
+    double high_fraction = 0.0;  // share of drawn layers that the teacher ran at high_bits
+};
+
+// The whole SPEQ objective for one batch: student logits (already computed on the tape), the
+// teacher pass, and the weighted sum.
+inline SpeqLoss speq_loss(nn::UnaryModule& model, const Var& x, const Var& student_logits,
+                          const std::vector<int>& labels, int act_bits, const io::SpeqConfig& config, Rng& rng) {
+    const float T = static_cast<float>(config.temperature);
+    const std::vector<int> student_bits = nn::act_bits(model);
+    const std::vector<int> teacher_bits = draw_teacher_bits(student_bits, act_bits, config, rng);
+
+    SpeqLoss out;
+    int drawn = 0, high = 0;
+    for (size_t l = 0; l < student_bits.size(); ++l)
+        if (student_bits[l] == act_bits) ++drawn, high += teacher_bits[l] == config.high_bits;
+    out.high_fraction = drawn ? static_cast<double>(high) / drawn : 0.0;
+
+    Var ce = cross_entropy(student_logits, labels);
+    Var kd = speq_kd_loss(student_logits, teacher_probabilities(model, x, teacher_bits, T), T);
+    out.ce = ce.value()[0];
+    out.kd = kd.value()[0];
+    out.total = add(scale(ce, static_cast<float>(config.ce_weight)), scale(kd, static_cast<float>(config.kd_weight)));
+    return out;
+}
+
+}  // namespace speq::train

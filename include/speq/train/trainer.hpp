@@ -1,0 +1,350 @@
+// speq/train/trainer.hpp: one training run as a config describes it: fp, qat, kd or speq.
+//
+//   io::TrainConfig config = io::load_config("configs/resnet20_w2a2_speq.json");
+//   train::Trainer trainer(config, /*resume=*/false);
+//   train::RunSummary summary = trainer.run();
+//
+// Writes into config.out_dir: config.json (the resolved config), metrics.jsonl (one JSON line
+// per epoch), epoch_<N>.safetensors and last.safetensors (checkpoints), summary.json at the end.
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "speq/io/atomic_file.hpp"
+#include "speq/io/config.hpp"
+#include "speq/nn/models/make_model.hpp"
+#include "speq/nn/quant_control.hpp"
+#include "speq/optim/schedule.hpp"
+#include "speq/optim/sgd.hpp"
+#include "speq/train/checkpoint.hpp"
+#include "speq/train/data.hpp"
+#include "speq/train/evaluate.hpp"
+#include "speq/train/progress.hpp"
+#include "speq/train/speq.hpp"
+
+namespace speq::train {
+
+struct RunSummary {
+    double test_top1 = 0.0;
+    double test_loss = 0.0;
+    double wall_seconds = 0.0;
+    int64_t steps = 0;
+    int64_t epochs_done = 0;
+};
+
+// ---- building blocks, also used by speq-eval ----
+
+inline nn::Shortcut to_nn(io::Shortcut s) { return s == io::Shortcut::A ? nn::Shortcut::A : nn::Shortcut::B; }
+inline nn::WeightScale to_nn(io::WeightScale s) {
+    return s == io::WeightScale::max_abs ? nn::WeightScale::max_abs
+         : s == io::WeightScale::min_l2  ? nn::WeightScale::min_l2
+                                         : nn::WeightScale::lsq;
+}
+
+inline std::shared_ptr<nn::UnaryModule> build_model(io::ModelKind kind, const io::TrainConfig& config,
+                                                    const io::Dataset& data, uint64_t seed) {
+    Rng rng(seed);
+    return nn::make_model(io::name_of(kind), data.num_classes, data.channels, to_nn(config.shortcut), rng);
+}
+
+// The quantization policy of the config (first/last layers, weight quantizer options).
+inline nn::QuantConfig quant_config(const io::TrainConfig& c) {
+    nn::QuantConfig q;
+    q.weight_bits = c.weight_bits;
+    q.act_bits = c.act_bits;
+    q.first_layer_bits = c.first_layer_bits;
+    q.last_layer_bits = c.last_layer_bits;
+    q.per_channel = c.weight_quant.per_channel;
+    q.weight_scale = to_nn(c.weight_quant.scale);
+    q.grid = c.weight_quant.grid;
+    return q;
+}
+
+inline optim::Schedule make_schedule(const io::TrainConfig& c, int64_t steps_per_epoch) {
+    const int64_t total = std::max<int64_t>(1, steps_per_epoch * c.epochs);
+    const float lr = static_cast<float>(c.lr);
+    optim::Schedule s = optim::constant_lr(lr);
+    switch (c.lr_schedule) {
+        case io::LrSchedule::constant: break;
+        case io::LrSchedule::cosine: s = optim::cosine_annealing(lr, total); break;
+        case io::LrSchedule::onecycle: s = optim::one_cycle(lr, total); break;
+        case io::LrSchedule::step: {
+            std::vector<int64_t> at;
+            for (int e : c.lr_milestones) at.push_back(e * steps_per_epoch);
+            s = optim::step_decay(lr, at, static_cast<float>(c.lr_gamma));
+            break;
+        }
+    }
+    if (c.warmup_epochs > 0) s = optim::linear_warmup(s, c.warmup_epochs * steps_per_epoch);
+    return s;
+}
+
+// ---- the run ----
+
+class Trainer {
+public:
+    Trainer(io::TrainConfig config, bool resume) : config_(std::move(config)), resume_(resume) {}
+
+    RunSummary run() {
+        setup();
+        return train_loop();
+    }
+
+private:
+    std::string out(const std::string& file) const { return (std::filesystem::path(config_.out_dir) / file).string(); }
+
+    void log(const std::string& text) { progress_ ? progress_->message(text) : (void)std::fprintf(stderr, "%s\n", text.c_str()); }
+
+    void setup() {
+        if (config_.threads > 0) set_num_threads(config_.threads);
+        io::check_writable_dir(config_.out_dir);  // fail now, not after an hour of training
+        data_ = load_data(config_);
+        model_ = build_model(config_.model, config_, data_.train, static_cast<uint64_t>(config_.seed));
+
+        io::LoaderOptions lo;
+        lo.batch_size = config_.batch_size;
+        lo.seed = static_cast<uint64_t>(config_.seed);
+        lo.crop_pad = data_.crop_pad;
+        lo.hflip = data_.hflip;
+        lo.normalization = data_.normalization;
+        lo.drop_last = true;  // batch norm on a 1-image batch is meaningless; a full batch each step
+        loader_ = std::make_unique<io::BatchLoader>(data_.train, lo);
+        steps_per_epoch_ = loader_->batches_per_epoch();
+        SPEQ_CHECK(steps_per_epoch_ > 0, "train: batch_size ", config_.batch_size, " is larger than the ",
+                   data_.train.size(), " training images");
+        schedule_ = std::make_unique<optim::Schedule>(make_schedule(config_, steps_per_epoch_));
+
+        const std::string last = out("last.safetensors");
+        if (resume_) {
+            SPEQ_CHECK(std::filesystem::exists(last), "--resume: no checkpoint to resume from: ", last, " does not exist");
+            io::TensorFile file = io::load_safetensors(last);
+            check_same_run(checkpoint_config(file, last), last);
+            nn::configure_quantization(*model_, quant_config(config_));
+            make_optimizer();
+            at_ = load_checkpoint(file, last, *model_, *sgd_);
+            log("resumed from " + last + " at epoch " + std::to_string(at_.epoch + 1) + ", batch " +
+                std::to_string(at_.batch) + " (step " + std::to_string(at_.step) + ")");
+            trim_metrics(at_.epoch);
+        } else {
+            bool calibrate = false;
+            if (!config_.init_checkpoint.empty()) {
+                io::TensorFile file = io::load_safetensors(config_.init_checkpoint);
+                load_model_state(file, *model_, config_.init_checkpoint);
+                // Alphas of a full-precision run were never used: calibrate them on data.
+                auto meta = file.metadata.find("config");
+                calibrate = meta == file.metadata.end() ||
+                            quant::is_full_precision(checkpoint_config(file, config_.init_checkpoint).act_bits);
+                log("initialized from " + config_.init_checkpoint);
+            }
+            nn::configure_quantization(*model_, quant_config(config_));  // LSQ steps start from these weights
+            for (auto& [name, a] : nn::named_act_quants(*model_)) a->set_alpha(static_cast<float>(config_.act_quant.alpha_init));
+            if (calibrate && !quant::is_full_precision(config_.act_bits)) calibrate_alphas();
+            make_optimizer();
+            at_.rng = Rng(static_cast<uint64_t>(config_.seed), /*stream=*/0x5be9).save();
+            std::ofstream(out("metrics.jsonl"), std::ios::trunc);
+        }
+        io::write_file_atomically(out("config.json"), io::to_json(config_).dump(2) + "\n");
+        if (config_.method == io::Method::kd) load_teacher();
+        for (const std::string& line : io::config_warnings(config_)) log("warning: " + line);
+    }
+
+    void make_optimizer() {
+        optim::SGDOptions o;
+        o.lr = static_cast<float>(config_.lr);
+        o.momentum = static_cast<float>(config_.momentum);
+        o.nesterov = config_.nesterov && config_.momentum > 0;
+        o.weight_decay = static_cast<float>(config_.weight_decay);
+        sgd_ = std::make_unique<optim::SGD>(model_->named_parameters(), o, nn::weight_decay_filter(*model_));
+    }
+
+    // Alphas minimizing each layer's quantization error on the first training batch.
+    void calibrate_alphas() {
+        io::Batch first = loader_->make_batch(0, 0);
+        nn::calibrate_act_alphas(*model_, first.images);
+        std::string text = "calibrated alphas:";
+        for (auto& [name, a] : nn::named_act_quants(*model_)) {
+            char buf[64];
+            std::snprintf(buf, sizeof buf, " %.2f", a->alpha().value()[0]);
+            text += buf;
+        }
+        log(text);
+    }
+
+    void load_teacher() {
+        SPEQ_CHECK(!config_.kd.teacher_checkpoint.empty(), "method kd needs kd.teacher_checkpoint");
+        teacher_ = build_model(config_.kd.teacher_model, config_, data_.train, 0);
+        io::TensorFile file = io::load_safetensors(config_.kd.teacher_checkpoint);
+        load_model_state(file, *teacher_, config_.kd.teacher_checkpoint);
+        teacher_->eval();  // a trained teacher: running statistics, full precision
+    }
+
+    // A resumed run must be the same experiment; only how long and how it runs may change.
+    void check_same_run(io::TrainConfig saved, const std::string& path) {
+        saved.epochs = config_.epochs, saved.max_steps = config_.max_steps;
+        saved.threads = config_.threads, saved.log_every = config_.log_every;
+        saved.out_dir = config_.out_dir, saved.data_dir = config_.data_dir;
+        const nlohmann::json was = io::to_json(saved).flatten(), now = io::to_json(config_).flatten();
+        if (was == now) return;
+        std::string diff;
+        for (auto& [key, value] : now.items())
+            if (!was.contains(key) || was[key] != value)
+                diff += (diff.empty() ? "" : ", ") + key.substr(1) + " (checkpoint " +
+                        (was.contains(key) ? was[key].dump() : "absent") + ", now " + value.dump() + ")";
+        fail("--resume: ", path, " was written with a different config: ", diff);
+    }
+
+    // Drops metrics lines of epochs after the checkpoint (written before an interruption).
+    void trim_metrics(int64_t epochs_done) {
+        std::ifstream in(out("metrics.jsonl"));
+        std::string kept, line;
+        while (std::getline(in, line))
+            if (!line.empty() && nlohmann::json::parse(line, nullptr, false).value("epoch", int64_t(1) << 40) <= epochs_done)
+                kept += line + "\n";
+        io::write_file_atomically(out("metrics.jsonl"), kept);
+    }
+
+    // One optimizer step on one batch; returns the logits (for accuracy) and records losses.
+    Tensor step(io::Batch& batch, Rng& rng) {
+        sgd_->set_lr(static_cast<float>(schedule_->lr_at(at_.step)));
+        sgd_->zero_grad();
+        Var x(std::move(batch.images));
+        Var logits = (*model_)(x);
+        Var loss;
+        float ce = 0.0f, kd = 0.0f;
+        switch (config_.method) {
+            case io::Method::fp:
+            case io::Method::qat:
+                loss = cross_entropy(logits, batch.labels);
+                ce = loss.value()[0];
+                break;
+            case io::Method::speq: {
+                SpeqLoss s = speq_loss(*model_, x, logits, batch.labels, config_.act_bits, config_.speq, rng);
+                loss = s.total, ce = s.ce, kd = s.kd;
+                at_.high_sum += s.high_fraction * batch.size();
+                break;
+            }
+            case io::Method::kd: {
+                const float T = static_cast<float>(config_.kd.temperature);
+                Tensor teacher_logits;
+                {
+                    NoGradGuard no_grad;
+                    teacher_logits = (*teacher_)(x).value();
+                }
+                Var ce_var = cross_entropy(logits, batch.labels);
+                Var kd_var = config_.kd.loss == io::KdLoss::kl
+                                 ? kl_div_loss(logits, Var(teacher_logits), T)
+                                 : speq_kd_loss(logits, softmax(Var(teacher_logits), T).value(), T);
+                ce = ce_var.value()[0], kd = kd_var.value()[0];
+                loss = add(scale(ce_var, static_cast<float>(config_.kd.ce_weight)),
+                           scale(kd_var, static_cast<float>(config_.kd.kd_weight)));
+                break;
+            }
+        }
+        const float value = loss.value()[0];
+        SPEQ_CHECK(std::isfinite(value), "train: the loss is ", value, " at step ", at_.step + 1, " (epoch ",
+                   at_.epoch + 1, ", batch ", at_.batch + 1, "); lower lr or check the data. The last checkpoint, ",
+                   out("last.safetensors"), ", is intact");
+        backward(loss);
+        sgd_->step();
+        at_.loss_sum += value * batch.size();
+        at_.ce_sum += ce * batch.size();
+        at_.kd_sum += kd * batch.size();
+        return logits.value();
+    }
+
+    RunSummary train_loop() {
+        const int64_t total_steps = steps_per_epoch_ * config_.epochs;
+        const int64_t stop_at = config_.max_steps > 0 ? std::min<int64_t>(config_.max_steps, total_steps) : total_steps;
+        progress_ = std::make_unique<Progress>(stop_at, config_.log_every);
+        const double wall_before = at_.wall_seconds;
+        Rng rng;
+        rng.restore(at_.rng);
+        const int64_t steps_at_start = at_.step;
+        EvalResult last_eval;
+        bool evaluated_last = false;
+
+        while (at_.epoch < config_.epochs && at_.step < stop_at) {
+            model_->train();
+            loader_->start_epoch(at_.epoch, at_.batch);
+            io::Batch batch;
+            while (at_.step < stop_at && loader_->next(batch)) {
+                const int64_t n = batch.size();
+                std::vector<int> labels = batch.labels;
+                Tensor logits = step(batch, rng);
+                at_.correct += count_correct(logits, labels);
+                at_.seen += n;
+                ++at_.step, ++at_.batch;
+                at_.rng = rng.save();
+                progress_->update(at_.epoch, config_.epochs, at_.batch - 1, steps_per_epoch_, at_.step - steps_at_start,
+                                  at_.step, n, static_cast<float>(at_.loss_sum / at_.seen),
+                                  static_cast<float>(at_.correct) / at_.seen);
+            }
+            const bool epoch_done = at_.batch >= steps_per_epoch_;
+            at_.wall_seconds = wall_before + progress_->elapsed();
+            last_eval = evaluate(*model_, data_.test, data_.normalization);
+            evaluated_last = true;
+            write_metrics(last_eval, epoch_done);
+            if (epoch_done) {
+                at_.epoch += 1, at_.batch = 0;
+                at_.loss_sum = at_.ce_sum = at_.kd_sum = at_.high_sum = 0.0;
+                at_.correct = at_.seen = 0;
+                save_checkpoint(out("epoch_" + std::to_string(at_.epoch) + ".safetensors"), *model_, *sgd_, config_, at_);
+            }
+            save_checkpoint(out("last.safetensors"), *model_, *sgd_, config_, at_);
+            log_epoch(last_eval, epoch_done);
+        }
+        if (!evaluated_last) last_eval = evaluate(*model_, data_.test, data_.normalization);
+
+        RunSummary s;
+        s.test_top1 = last_eval.top1, s.test_loss = last_eval.loss;
+        s.wall_seconds = wall_before + progress_->elapsed();
+        s.steps = at_.step, s.epochs_done = at_.epoch;
+        nlohmann::json j = {{"test_top1", s.test_top1}, {"test_loss", s.test_loss}, {"wall_seconds", s.wall_seconds},
+                            {"steps", s.steps}, {"epochs_done", s.epochs_done}, {"method", io::name_of(config_.method)},
+                            {"weight_bits", config_.weight_bits}, {"act_bits", config_.act_bits}};
+        io::write_file_atomically(out("summary.json"), j.dump(2) + "\n");
+        return s;
+    }
+
+    void write_metrics(const EvalResult& eval, bool epoch_done) {
+        const double n = std::max<int64_t>(at_.seen, 1);
+        nlohmann::json j = {
+            {"epoch", at_.epoch + 1}, {"complete", epoch_done}, {"step", at_.step},
+            {"lr", schedule_->lr_at(std::max<int64_t>(at_.step - 1, 0))},
+            {"train_loss", at_.loss_sum / n}, {"train_ce", at_.ce_sum / n}, {"train_top1", at_.correct / n},
+            {"test_top1", eval.top1}, {"test_loss", eval.loss},
+            {"method", io::name_of(config_.method)}, {"weight_bits", config_.weight_bits}, {"act_bits", config_.act_bits},
+            {"images_per_second", progress_->images_per_second()}, {"wall_seconds", at_.wall_seconds}};
+        if (config_.method == io::Method::speq || config_.method == io::Method::kd) j["train_kd"] = at_.kd_sum / n;
+        if (config_.method == io::Method::speq) j["teacher_high_fraction"] = at_.high_sum / n;
+        std::ofstream metrics(out("metrics.jsonl"), std::ios::app);
+        metrics << j.dump() << "\n";
+        SPEQ_CHECK(metrics.flush(), out("metrics.jsonl"), ": cannot write: ", std::strerror(errno));
+    }
+
+    void log_epoch(const EvalResult& e, bool epoch_done) {
+        char line[256];
+        std::snprintf(line, sizeof line, "epoch %lld%s: test top-1 %.2f%%, test loss %.4f, %.0f img/s, %s elapsed",
+                      static_cast<long long>(epoch_done ? at_.epoch : at_.epoch + 1), epoch_done ? "" : " (partial)",
+                      100.0 * e.top1, e.loss, progress_->images_per_second(), format_duration(at_.wall_seconds).c_str());
+        log(line);
+    }
+
+    io::TrainConfig config_;
+    bool resume_;
+    DataSets data_;
+    std::shared_ptr<nn::UnaryModule> model_, teacher_;
+    std::unique_ptr<io::BatchLoader> loader_;
+    std::unique_ptr<optim::SGD> sgd_;
+    std::unique_ptr<optim::Schedule> schedule_;
+    std::unique_ptr<Progress> progress_;
+    int64_t steps_per_epoch_ = 0;
+    TrainingPosition at_;
+};
+
+}  // namespace speq::train

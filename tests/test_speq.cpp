@@ -1,0 +1,149 @@
+// SPEQ's teacher (train/speq.hpp): what it may and may not touch, and how its bits are drawn.
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "speq/speq.hpp"
+#include "speq/nn/models/small_cnn.hpp"
+#include "speq/train/speq.hpp"
+
+using namespace speq;
+
+namespace {
+
+// A W2A2 small CNN on random 28x28 images, in training mode, as SPEQ trains it.
+struct Setup {
+    Rng rng{1};
+    nn::SmallCnn model{1, 10, rng};
+    Tensor images = randn({8, 1, 28, 28}, rng);
+    std::vector<int> labels = {0, 1, 2, 3, 4, 5, 6, 7};
+    Setup() {
+        nn::configure_quantization(model, {/*weight_bits=*/2, /*act_bits=*/2});
+        model.train();
+    }
+};
+
+std::vector<Tensor> snapshot(nn::Module& m) {
+    std::vector<Tensor> out;
+    for (auto& [name, t] : m.state()) out.push_back(*t);
+    return out;
+}
+
+bool identical(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (a[i].shape() != b[i].shape() || std::memcmp(a[i].data(), b[i].data(), 4 * a[i].numel()) != 0) return false;
+    return true;
+}
+
+}  // namespace
+
+TEST_CASE("speq teacher: leaves parameters, running statistics, bit-widths and the tape untouched") {
+    Setup s;
+    const std::vector<Tensor> before = snapshot(s.model);  // parameters and BN running stats
+    const std::vector<int> bits_before = nn::act_bits(s.model);
+    tape().clear();
+    std::vector<int> teacher_bits = bits_before;
+    for (size_t l = 0; l + 1 < teacher_bits.size(); ++l) teacher_bits[l] = 8;
+    Tensor p = train::teacher_probabilities(s.model, Var(s.images), teacher_bits, 1.0f);
+    CHECK(tape().size() == 0);
+    CHECK(identical(before, snapshot(s.model)));
+    CHECK(nn::act_bits(s.model) == bits_before);
+    CHECK(p.shape() == Shape{8, 10});
+    for (int64_t i = 0; i < 8; ++i) {
+        double row = 0;
+        for (int64_t k = 0; k < 10; ++k) row += p[i * 10 + k];
+        CHECK(row == doctest::Approx(1.0).epsilon(1e-5));
+    }
+    // The student pass, by contrast, does update the running statistics.
+    s.model(Var(s.images));
+    CHECK_FALSE(identical(before, snapshot(s.model)));
+    tape().clear();
+}
+
+TEST_CASE("speq teacher: changing the teacher's bits changes its output") {
+    Setup s;
+    const std::vector<int> student = nn::act_bits(s.model);
+    std::vector<int> high = student;
+    for (size_t l = 0; l + 1 < high.size(); ++l) high[l] = 8;
+    Tensor p_student = train::teacher_probabilities(s.model, Var(s.images), student, 1.0f);
+    Tensor p_high = train::teacher_probabilities(s.model, Var(s.images), high, 1.0f);
+    CHECK_FALSE(std::memcmp(p_student.data(), p_high.data(), 4 * p_high.numel()) == 0);
+}
+
+TEST_CASE("speq bits: only target-precision layers are drawn, patterns change per batch and follow u") {
+    io::SpeqConfig c;
+    c.high_bits = 8;
+    const std::vector<int> student = {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 8};  // the last one feeds the classifier
+    for (double u : {0.0, 0.3, 0.5, 1.0}) {
+        c.u = u;
+        Rng rng(9);
+        int high = 0, total = 0, changed_patterns = 0;
+        bool only_2_or_8 = true, last_kept = true;
+        std::vector<int> previous;
+        for (int batch = 0; batch < 2000; ++batch) {
+            std::vector<int> t = train::draw_teacher_bits(student, 2, c, rng);
+            REQUIRE(t.size() == student.size());
+            last_kept &= t.back() == 8;  // not at the target precision: kept
+            for (size_t l = 0; l + 1 < t.size(); ++l) {
+                only_2_or_8 &= t[l] == 2 || t[l] == 8;
+                high += t[l] == 8, ++total;
+            }
+            changed_patterns += !previous.empty() && t != previous;
+            previous = t;
+        }
+        CHECK(only_2_or_8);
+        CHECK(last_kept);
+        const double fraction = static_cast<double>(high) / total;
+        CHECK(std::abs(fraction - u) < 0.02);  // 20,000 draws: standard error <= 0.0035
+        if (u > 0.0 && u < 1.0) CHECK(changed_patterns > 1900);
+        if (u == 0.0 || u == 1.0) CHECK(changed_patterns == 0);
+    }
+}
+
+TEST_CASE("speq bits: uniform draw covers [low, high] evenly") {
+    io::SpeqConfig c;
+    c.draw = io::BitsDraw::uniform;
+    c.uniform_low = 2, c.uniform_high = 8;
+    Rng rng(4);
+    std::vector<int> counts(9, 0);
+    for (int i = 0; i < 7000; ++i)
+        for (int b : train::draw_teacher_bits({2, 2, 2, 2}, 2, c, rng)) ++counts[b];
+    for (int b = 2; b <= 8; ++b) CHECK(std::abs(counts[b] - 4000) < 300);
+    CHECK(counts[0] + counts[1] == 0);
+}
+
+TEST_CASE("speq loss: with u = 0 the teacher is the student and the KD term is exactly zero") {
+    Setup s;
+    io::SpeqConfig c;
+    c.u = 0.0;
+    Rng rng(3);
+    Var x(s.images);
+    // Two identical models: one for the student pass, one (a copy of its state) whose teacher
+    // pass must reproduce the student's logits exactly.
+    Var logits = s.model(x);
+    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng);
+    CHECK(loss.kd == 0.0f);
+    CHECK(loss.high_fraction == 0.0);
+    CHECK(loss.total.value()[0] == doctest::Approx(loss.ce));
+    tape().clear();
+}
+
+TEST_CASE("speq loss: with u = 1 the KD term is positive and sends gradient to the weights") {
+    Setup s;
+    io::SpeqConfig c;
+    c.u = 1.0;
+    c.ce_weight = 0.0;  // only the distillation term
+    Rng rng(3);
+    Var x(s.images);
+    Var logits = s.model(x);
+    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng);
+    CHECK(loss.kd > 0.0f);
+    CHECK(loss.high_fraction == 1.0);
+    backward(loss.total);
+    double grad_norm = 0;
+    for (auto& [name, p] : s.model.named_parameters())
+        if (p.has_grad())
+            for (int64_t i = 0; i < p.numel(); ++i) grad_norm += double(p.grad()[i]) * p.grad()[i];
+    CHECK(grad_norm > 0.0);
+}
