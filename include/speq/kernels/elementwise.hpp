@@ -1,14 +1,18 @@
 // speq/kernels/elementwise.hpp: one SIMD loop that every elementwise op is written with.
 //
-//   map(n, out, f, a, b, ...)   computes   out[i] = f(a[i], b[i], ...)   for i in [0, n)
+//   map(n, out, f, a, b, ...)                      out[i] = f(a[i], b[i], ...)   for i in [0, n)
+//   map_rows(rows, inner, out, f_of_row, a, ...)   the same over a [rows, inner] array, with the
+//                                                  function f_of_row(r) for row r (a per-row scale)
+//   map_serial(n, out, f, a, b, ...)               map on the calling thread (inside parallel loops)
 //
 // f receives xsimd batches (8 floats with AVX2, 16 with AVX-512) and must use only arithmetic
 // and xsimd functions, so the same lambda serves the body and the tail. The tail is copied into
 // a small padded buffer, run as one batch, and copied back: no scalar duplicate of f to drift.
 // `out` may alias an input (out[i] depends only on inputs at i), e.g. grad += ... in place.
 //
-// Work is cut into fixed chunks of kChunk elements and spread over the threads; the chunking
-// depends only on n, so results do not depend on the thread count.
+// map and map_rows cut the work into fixed pieces of at most kChunk elements (RowPieces) and
+// spread them over the threads; the pieces depend only on the sizes, so results do not depend on
+// the thread count. kernels/reduce.hpp builds the ordered sums on the same pieces.
 #pragma once
 
 #include <xsimd/xsimd.hpp>
@@ -24,41 +28,62 @@ using FloatBatch = xsimd::batch<float>;
 inline constexpr int64_t kLanes = static_cast<int64_t>(FloatBatch::size);
 inline constexpr int64_t kChunk = 1 << 14;  // 64 KiB of floats per input: fits in L2 with room
 
+// Elements [i, n) of p, fewer than one batch, in a zero-padded batch: how the loops run their
+// tail through the same f as their body.
+inline FloatBatch load_tail(const float* p, int64_t i, int64_t n) {
+    alignas(64) float buffer[kLanes] = {};
+    std::copy(p + i, p + n, buffer);
+    return FloatBatch::load_aligned(buffer);
+}
+
+// The rows of a [rows, inner] array, each row cut into pieces of at most kChunk elements: piece p
+// is the elements [begin(p), end(p)) of the array, all in row(p). The pieces depend only on
+// (rows, inner), never on the thread count, so per-piece partial results combined in piece order
+// are thread-count independent.
+struct RowPieces {
+    int64_t rows, inner, per_row;
+    RowPieces(int64_t rows_, int64_t inner_)
+        : rows(rows_), inner(inner_), per_row(std::max<int64_t>(1, (inner_ + kChunk - 1) / kChunk)) {}
+    int64_t count() const { return rows * per_row; }
+    int64_t row(int64_t p) const { return p / per_row; }
+    int64_t begin(int64_t p) const { return row(p) * inner + (p % per_row) * kChunk; }
+    int64_t end(int64_t p) const { return std::min(begin(p) + kChunk, (row(p) + 1) * inner); }
+};
+
+// body(p) for every piece p, in parallel unless the whole array is small.
+template <class Body>
+void for_each_piece(const RowPieces& pieces, Body&& body) {
+    parallel_for_if_large(0, pieces.count(), pieces.rows * pieces.inner, body);
+}
+
 template <class F, class... In>
 void map_serial(int64_t n, float* out, F&& f, const In*... in) {
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes) f(FloatBatch::load_unaligned(in + i)...).store_unaligned(out + i);
     if (i < n) {
-        const int64_t rest = n - i;
         alignas(64) float tail_out[kLanes];
-        auto load_tail = [&](const float* p) {
-            alignas(64) float buffer[kLanes] = {};
-            std::copy(p + i, p + n, buffer);
-            return FloatBatch::load_aligned(buffer);
-        };
-        f(load_tail(in)...).store_aligned(tail_out);
-        std::copy(tail_out, tail_out + rest, out + i);
+        f(load_tail(in, i, n)...).store_aligned(tail_out);
+        std::copy(tail_out, tail_out + (n - i), out + i);
     }
+}
+
+template <class MakeF, class... In>
+void map_rows(int64_t rows, int64_t inner, float* out, MakeF&& f_of_row, const In*... in) {
+    const RowPieces pieces(rows, inner);
+    for_each_piece(pieces, [&](int64_t p) {
+        const int64_t b = pieces.begin(p);
+        map_serial(pieces.end(p) - b, out + b, f_of_row(pieces.row(p)), (in + b)...);
+    });
 }
 
 template <class F, class... In>
 void map(int64_t n, float* out, F&& f, const In*... in) {
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    parallel_for(0, chunks, [&](int64_t c) {
-        const int64_t begin = c * kChunk;
-        const int64_t len = std::min(kChunk, n - begin);
-        map_serial(len, out + begin, f, (in + begin)...);
-    });
+    map_rows(1, n, out, [&](int64_t) -> auto& { return f; }, in...);
 }
 
-// Convenience: a batch holding the same value in every lane.
-inline FloatBatch splat(float v) { return FloatBatch(v); }
-
-}  // namespace speq::kernels
-
-namespace speq::kernels {
 // dst[i] += src[i]: how most backward steps hand a gradient on.
 inline void accumulate(int64_t n, float* dst, const float* src) {
     map(n, dst, [](FloatBatch d, FloatBatch s) { return d + s; }, dst, src);
 }
+
 }  // namespace speq::kernels

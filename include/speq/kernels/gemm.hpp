@@ -10,19 +10,15 @@
 // overlap A or B. Pointers need no particular alignment.
 //
 // Determinism: Eigen's own multi-threaded GEMM chooses its blocking (and so its summation order)
-// from the number of threads. speq parallelizes around GEMM instead (parallel_split below), so
-// the first call of any wrapper switches Eigen's threading off for the whole process
-// (Eigen::setNbThreads(1)); every product then runs single-threaded with a blocking that depends
-// only on M, N and K. (Defining EIGEN_DONT_PARALLELIZE before including Eigen does the same.)
+// from the number of threads. speq parallelizes around GEMM instead (parallel_split, in
+// core/threads.hpp), so the first call of any wrapper switches Eigen's threading off for the whole
+// process (Eigen::setNbThreads(1)); every product then runs single-threaded with a blocking that
+// depends only on M, N and K. (Defining EIGEN_DONT_PARALLELIZE before including Eigen does the same.)
 #pragma once
 
 #include <Eigen/Core>
 
-#include <algorithm>
 #include <cstdint>
-
-#include "speq/core/tensor.hpp"
-#include "speq/core/threads.hpp"
 
 namespace speq::kernels {
 
@@ -70,16 +66,6 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, const float
                     bool accumulate) {
     detail::ConstMat a(A, M, K), b(B, N, K);
     detail::assign_or_add(detail::Mat(C, M, N), a * b.transpose(), accumulate);
-}
-
-// Cuts [0, n) into `pieces` fixed ranges (see Split) and calls body(piece, first, last) for each,
-// in parallel. `pieces` must depend on the problem size only, never on the thread count; then a
-// reduction that keeps one partial result per piece and adds them in piece order afterwards
-// gives the same bits for any number of threads.
-template <class Body>
-void parallel_split(int64_t n, int64_t pieces, Body&& body) {
-    const Split split{n, std::max<int64_t>(pieces, 1)};
-    parallel_for(0, split.pieces, [&](int64_t p) { body(p, split.first(p), split.last(p)); });
 }
 
 }  // namespace speq::kernels

@@ -86,14 +86,12 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
     }
 
     Tensor y = Tensor::uninitialized(x.shape());
-    parallel_for(0, N * C, [&](int64_t p) {
+    auto normalize_plane = [&](int64_t p) {  // plane p = (n, c) of x, c = p % C
         const int64_t c = p % C;
         const float m = mean[c], a = gamma.value()[c] * inv_std[c], b = beta.value()[c];
-        kernels::map_serial(
-            HW, y.data() + p * HW,
-            [m, a, b](FloatBatch v) { return (v - FloatBatch(m)) * FloatBatch(a) + FloatBatch(b); },
-            xd + p * HW);
-    });
+        return [m, a, b](FloatBatch v) { return (v - FloatBatch(m)) * FloatBatch(a) + FloatBatch(b); };
+    };
+    kernels::map_rows(N * C, HW, y.data(), normalize_plane, xd);
 
     Var out = op_result(std::move(y), {&x, &gamma, &beta});
     if (out.requires_grad()) {

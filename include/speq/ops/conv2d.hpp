@@ -75,7 +75,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const float* wp = weight.value().data();
         const float* bp = bias.defined() ? bias.value().data() : nullptr;
         float* yp = y.data();
-        kernels::parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
+        parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
             Tensor col = g.is_pointwise() ? Tensor() : Tensor::uninitialized({R, P});
             for (int64_t n = first; n < last; ++n) {
                 const float* x_n = xp + n * g.image_size();
@@ -104,7 +104,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();
         Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
 
-        kernels::parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
+        parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
             const bool use_col = need_dw && !g.is_pointwise(), use_dcol = need_dx && !g.is_pointwise();
             Tensor col = use_col ? Tensor::uninitialized({R, P}) : Tensor();
             Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();

@@ -42,7 +42,7 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias) {
         const float* wp = weight.value().data();
         const float* bp = bias.defined() ? bias.value().data() : nullptr;
         float* yp = y.data();
-        kernels::parallel_split(N, detail::linear_row_pieces(N), [&](int64_t, int64_t first, int64_t last) {
+        parallel_split(N, detail::linear_row_pieces(N), [&](int64_t, int64_t first, int64_t last) {
             float* y_rows = yp + first * out_features;
             kernels::gemm_nt(last - first, out_features, in, xp + first * in, wp, y_rows, false);
             if (bp)
@@ -60,7 +60,7 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias) {
             float* dx = x.grad_for_accumulate().data();
             const float* wp = weight.value().data();
             const int64_t pieces = detail::linear_row_pieces(N);
-            kernels::parallel_split(N, pieces, [&](int64_t, int64_t first, int64_t last) {
+            parallel_split(N, pieces, [&](int64_t, int64_t first, int64_t last) {
                 kernels::gemm_nn(last - first, in, out_features, dy + first * out_features, wp,
                                  dx + first * in, true);
             });
@@ -73,11 +73,11 @@ inline Var linear(const Var& x, const Var& weight, const Var& bias) {
         if (weight.requires_grad()) {  // dW += dy^T x
             float* dw = weight.grad_for_accumulate().data();
             const float* xp = x.value().data();
-            kernels::parallel_split(out_features, detail::linear_row_pieces(out_features),
-                                    [&](int64_t, int64_t first, int64_t last) {
-                                        kernels::gemm_nn(last - first, in, N, dy_t.data() + first * N, xp,
-                                                         dw + first * in, true);
-                                    });
+            parallel_split(out_features, detail::linear_row_pieces(out_features),
+                           [&](int64_t, int64_t first, int64_t last) {
+                               kernels::gemm_nn(last - first, in, N, dy_t.data() + first * N, xp,
+                                                dw + first * in, true);
+                           });
         }
         if (bias.requires_grad()) {  // db += sum_n dy[n, :]
             float* db = bias.grad_for_accumulate().data();

@@ -28,10 +28,11 @@ inline Var global_avg_pool(const Var& x) {
             if (!out.has_grad() || !x.requires_grad()) return;
             float* dx = x.grad_for_accumulate().data();
             const float* dy = out.grad().data();
-            parallel_for(0, out.numel(), [&](int64_t p) {
+            auto add_share = [&](int64_t p) {  // to every input of plane p
                 const FloatBatch share(dy[p] / static_cast<float>(HW));
-                kernels::map_serial(HW, dx + p * HW, [share](FloatBatch d) { return d + share; }, dx + p * HW);
-            });
+                return [share](FloatBatch d) { return d + share; };
+            };
+            kernels::map_rows(out.numel(), HW, dx, add_share, dx);
         });
     }
     return out;

@@ -40,6 +40,18 @@ void for_each_row(int64_t rows, int64_t K, Body&& body) {
         body(i, logp.data());
     });
 }
+
+// y[i, k] = from_logp(log softmax(logits_i / T)[k]) for every row i of logits [N, K].
+template <class FromLogp>
+Tensor log_softmax_rows(const Tensor& logits, double inv_t, FromLogp from_logp) {
+    const int64_t K = logits.shape()[1];
+    Tensor y = Tensor::uninitialized(logits.shape());
+    for_each_row(logits.shape()[0], K, [&](int64_t i, double* logp) {
+        log_softmax_row(logits.data() + i * K, K, inv_t, logp);
+        for (int64_t k = 0; k < K; ++k) y[i * K + k] = static_cast<float>(from_logp(logp[k]));
+    });
+    return y;
+}
 }  // namespace detail
 
 // y = softmax(logits / T) along each row.   logits: [N, K] -> [N, K]
@@ -51,12 +63,7 @@ inline Var softmax(const Var& logits, float temperature = 1.0f) {
     detail::check_temperature("softmax", temperature);
     const int64_t N = logits.shape()[0], K = logits.shape()[1];
     const double inv_t = 1.0 / temperature;
-    Tensor y = Tensor::uninitialized(logits.shape());
-    const float* z = logits.value().data();
-    detail::for_each_row(N, K, [&](int64_t i, double* logp) {
-        detail::log_softmax_row(z + i * K, K, inv_t, logp);
-        for (int64_t k = 0; k < K; ++k) y[i * K + k] = static_cast<float>(std::exp(logp[k]));
-    });
+    Tensor y = detail::log_softmax_rows(logits.value(), inv_t, [](double logp) { return std::exp(logp); });
     Var out = op_result(std::move(y), {&logits});
     if (out.requires_grad()) {
         tape().record([logits, out, N, K, inv_t] {
@@ -84,12 +91,7 @@ inline Var log_softmax(const Var& logits, float temperature = 1.0f) {
     detail::check_temperature("log_softmax", temperature);
     const int64_t N = logits.shape()[0], K = logits.shape()[1];
     const double inv_t = 1.0 / temperature;
-    Tensor y = Tensor::uninitialized(logits.shape());
-    const float* z = logits.value().data();
-    detail::for_each_row(N, K, [&](int64_t i, double* logp) {
-        detail::log_softmax_row(z + i * K, K, inv_t, logp);
-        for (int64_t k = 0; k < K; ++k) y[i * K + k] = static_cast<float>(logp[k]);
-    });
+    Tensor y = detail::log_softmax_rows(logits.value(), inv_t, [](double logp) { return logp; });
     Var out = op_result(std::move(y), {&logits});
     if (out.requires_grad()) {
         tape().record([logits, out, N, K, inv_t] {

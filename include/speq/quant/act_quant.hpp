@@ -13,6 +13,7 @@
 
 #include "speq/core/tape.hpp"
 #include "speq/kernels/elementwise.hpp"
+#include "speq/kernels/reduce.hpp"
 #include "speq/quant/bits.hpp"
 
 namespace speq::quant {
@@ -83,11 +84,9 @@ inline Var pact_quantize(const Var& x, const Var& alpha, int bits) {
                 const auto inside = (x_ > zero) & (x_ < top);
                 return std::make_pair(dx_ + xsimd::select(inside, dy_, zero), xsimd::select(x_ >= top, dy_, zero));
             };
-            const detail::Pieces pieces(1, count);
-            const std::vector<double> dalpha = detail::row_sums(pieces, [&](int64_t p) {
-                const int64_t b = pieces.begin(p), len = pieces.end(p) - b;
-                if (dx) return detail::map_sum_serial(len, dx + b, step, dx + b, xv + b, dy + b);
-                return detail::map_sum_serial(len, nullptr, step, xv + b, xv + b, dy + b);  // no dx: x as filler
+            const std::vector<double> dalpha = kernels::row_sums(1, count, [&](int64_t, int64_t b, int64_t e) {
+                if (dx) return kernels::map_and_sum(e - b, dx + b, step, dx + b, xv + b, dy + b);
+                return kernels::map_and_sum(e - b, nullptr, step, xv + b, xv + b, dy + b);  // no dx: x as filler
             });
             if (alpha.requires_grad()) alpha.grad_for_accumulate()[0] += static_cast<float>(dalpha[0]);
         });

@@ -1,5 +1,5 @@
 // speq/quant/bits.hpp: bit-widths, the integer grids of the weight quantizers, the integer view
-// of a fake-quantized tensor, and the loops the quantizers share.
+// of a fake-quantized tensor, and the rounding to codes.
 //
 // A bit-width is a plain int: 1..8 quantize, kFullPrecision (32) means "no quantization". A
 // layer's bit-width can change between two forward passes (SPEQ's teacher draws them at random),
@@ -31,7 +31,6 @@
 
 #include "speq/core/error.hpp"
 #include "speq/core/tensor.hpp"
-#include "speq/core/threads.hpp"
 #include "speq/kernels/elementwise.hpp"
 
 namespace speq::quant {
@@ -92,95 +91,7 @@ struct IntegerCodes {
 namespace detail {
 
 using kernels::FloatBatch;
-using kernels::kChunk;
 using kernels::kLanes;
-
-// Work cut into pieces: `rows` rows of `inner` contiguous elements (one row per scale), each row
-// split into pieces of at most kChunk elements. The pieces depend only on (rows, inner), never on
-// the thread count, so per-piece partial sums added in piece order are thread-count independent.
-struct Pieces {
-    int64_t rows, inner, per_row;
-    Pieces(int64_t rows_, int64_t inner_)
-        : rows(rows_), inner(inner_), per_row(std::max<int64_t>(1, (inner_ + kChunk - 1) / kChunk)) {}
-    int64_t count() const { return rows * per_row; }
-    int64_t row(int64_t p) const { return p / per_row; }
-    int64_t begin(int64_t p) const { return row(p) * inner + (p % per_row) * kChunk; }
-    int64_t end(int64_t p) const { return std::min(begin(p) + kChunk, (row(p) + 1) * inner); }
-};
-
-// parallel_for, unless the whole job touches fewer than kChunk elements (then starting threads
-// costs more than it saves). Each body(i) does the same operations either way: same results.
-template <class Body>
-void parallel_for_if_large(int64_t begin, int64_t end, int64_t elements, Body&& body) {
-    if (elements < kChunk) {
-        for (int64_t i = begin; i < end; ++i) body(i);
-    } else {
-        parallel_for(begin, end, body);
-    }
-}
-
-// body(p) for every piece.
-template <class Body>
-void for_pieces(const Pieces& pieces, Body&& body) {
-    parallel_for_if_large(0, pieces.count(), pieces.rows * pieces.inner, body);
-}
-
-// Per-row sums of body(p) (a double per piece), added in piece order.
-template <class Body>
-std::vector<double> row_sums(const Pieces& pieces, Body&& body) {
-    std::vector<double> partial(static_cast<size_t>(pieces.count()), 0.0);
-    for_pieces(pieces, [&](int64_t p) { partial[static_cast<size_t>(p)] = body(p); });
-    std::vector<double> sums(static_cast<size_t>(pieces.rows), 0.0);
-    for (int64_t p = 0; p < pieces.count(); ++p) sums[static_cast<size_t>(pieces.row(p))] += partial[p];
-    return sums;
-}
-
-// Lanes of a batch summed in lane order, in double.
-inline double lane_sum(FloatBatch b) {
-    alignas(64) float lanes[kLanes];
-    b.store_aligned(lanes);
-    double s = 0.0;
-    for (int64_t j = 0; j < kLanes; ++j) s += lanes[j];
-    return s;
-}
-
-// A fused elementwise pass with a reduction, for i in [0, n) serially:
-//   {o, r} = f(a[i], b[i], ...);   out[i] = o (skipped when out == nullptr);   returns sum of r.
-// Like kernels::map_serial, the tail runs as one zero-padded batch (its padding lanes are left
-// out of the sum). Lane sums are flushed to double every 64 batches to bound float error.
-template <class F, class... In>
-double map_sum_serial(int64_t n, float* out, F&& f, const In*... in) {
-    FloatBatch acc(0.0f);
-    double total = 0.0;
-    int since_flush = 0;
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-        auto [o, r] = f(FloatBatch::load_unaligned(in + i)...);
-        if (out) o.store_unaligned(out + i);
-        acc += r;
-        if (++since_flush == 64) {
-            total += lane_sum(acc);
-            acc = FloatBatch(0.0f);
-            since_flush = 0;
-        }
-    }
-    total += lane_sum(acc);
-    if (i < n) {
-        const int64_t rest = n - i;
-        auto load_tail = [&](const float* p) {
-            alignas(64) float buffer[kLanes] = {};
-            std::copy(p + i, p + n, buffer);
-            return FloatBatch::load_aligned(buffer);
-        };
-        auto [o, r] = f(load_tail(in)...);
-        alignas(64) float o_lanes[kLanes], r_lanes[kLanes];
-        o.store_aligned(o_lanes);
-        r.store_aligned(r_lanes);
-        if (out) std::copy(o_lanes, o_lanes + rest, out + i);
-        for (int64_t j = 0; j < rest; ++j) total += r_lanes[j];
-    }
-    return total;
-}
 
 // The code of v = w / s on a signed grid, as a float holding an integer (ties away from zero):
 //   narrow:   c = round(clamp(v, -Qp, Qp))

@@ -17,6 +17,7 @@
 
 #include "speq/core/tape.hpp"
 #include "speq/kernels/elementwise.hpp"
+#include "speq/kernels/reduce.hpp"
 #include "speq/quant/bits.hpp"
 #include "speq/quant/weight_quant.hpp"
 
@@ -34,6 +35,13 @@ inline int64_t check_step(const char* op, const Shape& w_shape, const Tensor& st
         SPEQ_CHECK(step[k] > 0.0f && std::isfinite(step[k]) && std::isfinite(1.0f / step[k]), op,
                    ": step must be finite and > 0 (and not denormal), got step[", k, "] = ", step[k]);
     return rows;
+}
+
+// The step and its reciprocal per row, as quantize_rows and signed_codes take them.
+inline std::vector<RowScale> step_scales(const Tensor& step) {
+    std::vector<RowScale> scales;
+    for (int64_t k = 0; k < step.numel(); ++k) scales.push_back({step[k], 1.0f / step[k]});
+    return scales;
 }
 }  // namespace detail
 
@@ -62,8 +70,7 @@ inline Var lsq_quantize(const Var& w, const Var& step, int bits, bool per_channe
     const int64_t rows = detail::check_step("lsq_quantize", w.shape(), step.value(), per_channel);
     if (is_full_precision(bits)) return w;
     const GridSpec g = grid_spec("lsq_quantize", bits, grid);
-    std::vector<detail::RowScale> scales;
-    for (int64_t k = 0; k < rows; ++k) scales.push_back({step.value()[k], 1.0f / step.value()[k]});
+    std::vector<detail::RowScale> scales = detail::step_scales(step.value());
     Var out = op_result(detail::quantize_rows(w.value(), rows, g, scales), {&w, &step});
     if (out.requires_grad()) {
         const float grad_scale = lsq_grad_scale(w.numel() / rows, bits, grid);
@@ -72,11 +79,10 @@ inline Var lsq_quantize(const Var& w, const Var& step, int bits, bool per_channe
             const float* wv = w.value().data();
             const float* dy = out.grad().data();
             float* dw = w.requires_grad() ? w.grad_for_accumulate().data() : nullptr;
-            const detail::Pieces pieces(rows, out.numel() / rows);
-            const std::vector<double> ds = detail::row_sums(pieces, [&](int64_t p) {
-                const detail::RowScale r = scales[pieces.row(p)];
+            // One fused pass per piece: dw (if wanted) and the piece's part of ds, added in piece order.
+            auto piece_ds = [&](int64_t k, int64_t b, int64_t e) {
                 const detail::SignedCoder coder(g);
-                const FloatBatch inv(r.inv_scale), offset(g.offset), limit(g.limit), zero(0.0f);
+                const FloatBatch inv(scales[k].inv_scale), offset(g.offset), limit(g.limit), zero(0.0f);
                 auto fused = [=](FloatBatch dw_, FloatBatch w_, FloatBatch dy_) {
                     const FloatBatch v = w_ * inv;
                     const auto inside = xsimd::abs(v) <= limit;
@@ -84,10 +90,10 @@ inline Var lsq_quantize(const Var& w, const Var& step, int bits, bool per_channe
                     return std::make_pair(dw_ + xsimd::select(inside, dy_, zero),
                                           dy_ * (q - xsimd::select(inside, v, zero)));
                 };
-                const int64_t b = pieces.begin(p), len = pieces.end(p) - b;
-                if (dw) return detail::map_sum_serial(len, dw + b, fused, dw + b, wv + b, dy + b);
-                return detail::map_sum_serial(len, nullptr, fused, wv + b, wv + b, dy + b);  // w as filler
-            });
+                if (dw) return kernels::map_and_sum(e - b, dw + b, fused, dw + b, wv + b, dy + b);
+                return kernels::map_and_sum(e - b, nullptr, fused, wv + b, wv + b, dy + b);  // w as filler
+            };
+            const std::vector<double> ds = kernels::row_sums(rows, out.numel() / rows, piece_ds);
             if (!step.requires_grad()) return;
             Tensor& dstep = step.grad_for_accumulate();
             for (int64_t k = 0; k < rows; ++k) dstep[k] += static_cast<float>(grad_scale * ds[k]);
@@ -110,14 +116,12 @@ inline Tensor lsq_init_step(const Tensor& w, int bits, bool per_channel, Grid gr
     const int64_t rows = detail::weight_rows("lsq_init_step", w.shape(), per_channel);
     Tensor s({rows});
     if (init == StepInit::lsq) {
-        const detail::Pieces pieces(rows, w.numel() / rows);
-        const std::vector<double> sum_abs = detail::row_sums(pieces, [&](int64_t p) {
-            double total = 0.0;
-            for (int64_t i = pieces.begin(p); i < pieces.end(p); ++i) total += std::abs(w[i]);
-            return total;
+        const int64_t inner = w.numel() / rows;
+        const std::vector<double> sum_abs = kernels::row_sums(rows, inner, [&](int64_t, int64_t b, int64_t e) {
+            return kernels::sum_map(e - b, [](kernels::FloatBatch v) { return xsimd::abs(v); }, w.data() + b);
         });
         for (int64_t k = 0; k < rows; ++k)
-            s[k] = static_cast<float>(2.0 * sum_abs[k] / double(pieces.inner) / std::sqrt(double(g.limit)));
+            s[k] = static_cast<float>(2.0 * sum_abs[k] / double(inner) / std::sqrt(double(g.limit)));
     } else {
         const ScaleMethod method = init == StepInit::max_abs ? ScaleMethod::max_abs : ScaleMethod::min_l2;
         s = weight_scales(w, WeightQuantOptions{bits, per_channel, method, grid});
@@ -132,21 +136,8 @@ inline Tensor lsq_init_step(const Tensor& w, int bits, bool per_channel, Grid gr
 inline IntegerCodes lsq_codes(const Tensor& w, const Tensor& step, int bits, Grid grid = Grid::mid_rise) {
     const GridSpec g = grid_spec("lsq_codes", bits, grid);
     const bool per_channel = step.numel() != 1;
-    const int64_t rows = detail::check_step("lsq_codes", w.shape(), step, per_channel);
-    IntegerCodes out;
-    out.shape = w.shape();
-    out.offset = g.offset;
-    out.min_code = g.min_code;
-    out.max_code = g.max_code;
-    out.codes.resize(static_cast<size_t>(w.numel()));
-    const int64_t inner = w.numel() / rows;
-    for (int64_t k = 0; k < rows; ++k) {
-        out.scales.push_back(step[k]);
-        const float inv = 1.0f / step[k];
-        for (int64_t i = k * inner; i < (k + 1) * inner; ++i)
-            out.codes[i] = static_cast<int32_t>(detail::signed_code(w[i] * inv, g));
-    }
-    return out;
+    detail::check_step("lsq_codes", w.shape(), step, per_channel);
+    return detail::signed_codes(w, g, detail::step_scales(step));
 }
 
 namespace reference {

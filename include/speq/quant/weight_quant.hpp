@@ -28,6 +28,7 @@
 
 #include "speq/core/tape.hpp"
 #include "speq/kernels/elementwise.hpp"
+#include "speq/kernels/reduce.hpp"
 #include "speq/quant/bits.hpp"
 
 namespace speq::quant {
@@ -91,23 +92,18 @@ inline float max_abs_serial(const float* w, int64_t n) {
 
 // max|w| per row (max is exact, so the piece order does not even matter here).
 inline std::vector<float> row_max_abs(const Tensor& w, int64_t rows) {
-    const Pieces pieces(rows, w.numel() / rows);
-    std::vector<float> partial(static_cast<size_t>(pieces.count()));
-    for_pieces(pieces, [&](int64_t p) {
-        partial[p] = max_abs_serial(w.data() + pieces.begin(p), pieces.end(p) - pieces.begin(p));
-    });
-    std::vector<float> result(static_cast<size_t>(rows), 0.0f);
-    for (int64_t p = 0; p < pieces.count(); ++p)
-        result[pieces.row(p)] = std::max(result[pieces.row(p)], partial[p]);
-    return result;
+    return kernels::reduce_rows(
+        rows, w.numel() / rows, 0.0f,
+        [&](int64_t, int64_t begin, int64_t end) { return max_abs_serial(w.data() + begin, end - begin); },
+        [](float a, float b) { return std::max(a, b); });
 }
 
-// E(T) = sum (w - Q_T(w))^2 over w[0, n), serially (float lanes, flushed to double).
+// E(T) = sum (w - Q_T(w))^2 over w[0, n), serially.
 inline double l2_error(const float* w, int64_t n, float threshold, const GridSpec& g) {
     const SignedQuantizer q(g, row_scale(threshold, g));
-    return map_sum_serial(n, nullptr, [&](FloatBatch x) {
+    return kernels::sum_map(n, [&](FloatBatch x) {
         const FloatBatch d = x - q(x);
-        return std::make_pair(d, d * d);
+        return d * d;
     }, w);
 }
 
@@ -176,11 +172,8 @@ inline std::vector<float> weight_thresholds(const Tensor& w, int64_t rows, const
 // y = Q(w) row by row with the given scales.
 inline Tensor quantize_rows(const Tensor& w, int64_t rows, const GridSpec& g, const std::vector<RowScale>& scales) {
     Tensor y = Tensor::uninitialized(w.shape());
-    const Pieces pieces(rows, w.numel() / rows);
-    for_pieces(pieces, [&](int64_t p) {
-        const int64_t b = pieces.begin(p);
-        kernels::map_serial(pieces.end(p) - b, y.data() + b, SignedQuantizer(g, scales[pieces.row(p)]), w.data() + b);
-    });
+    kernels::map_rows(rows, w.numel() / rows, y.data(), [&](int64_t k) { return SignedQuantizer(g, scales[k]); },
+                      w.data());
     return y;
 }
 
@@ -188,6 +181,23 @@ inline std::vector<RowScale> row_scales(const std::vector<float>& thresholds, co
     std::vector<RowScale> r;
     for (float t : thresholds) r.push_back(row_scale(t, g));
     return r;
+}
+
+// The integer view of quantize_rows(w, rows, g, scales): the same codes, by the scalar coder.
+inline IntegerCodes signed_codes(const Tensor& w, const GridSpec& g, const std::vector<RowScale>& scales) {
+    IntegerCodes out;
+    out.shape = w.shape();
+    out.offset = g.offset;
+    out.min_code = g.min_code;
+    out.max_code = g.max_code;
+    out.codes.resize(static_cast<size_t>(w.numel()));
+    const int64_t rows = static_cast<int64_t>(scales.size()), inner = w.numel() / rows;
+    for (int64_t k = 0; k < rows; ++k) {
+        out.scales.push_back(scales[k].scale);
+        for (int64_t i = k * inner; i < (k + 1) * inner; ++i)
+            out.codes[i] = static_cast<int32_t>(signed_code(w[i] * scales[k].inv_scale, g));
+    }
+    return out;
 }
 
 }  // namespace detail
@@ -223,17 +233,13 @@ inline Var quantize_weight(const Var& w, const WeightQuantOptions& options) {
             float* dw = w.grad_for_accumulate().data();
             const float* dy = out.grad().data();
             if (!clips) return kernels::accumulate(out.numel(), dw, dy);
-            const detail::Pieces pieces(rows, out.numel() / rows);
-            detail::for_pieces(pieces, [&](int64_t p) {
-                const int64_t b = pieces.begin(p);
-                const FloatBatch t(thresholds[pieces.row(p)]), zero(0.0f);
-                kernels::map_serial(
-                    pieces.end(p) - b, dw + b,
-                    [=](FloatBatch g_, FloatBatch w_, FloatBatch dy_) {
-                        return g_ + xsimd::select(xsimd::abs(w_) <= t, dy_, zero);
-                    },
-                    dw + b, w.value().data() + b, dy + b);
-            });
+            auto ste_of_row = [&](int64_t k) {  // dy passes where |w| <= T of the row
+                const FloatBatch t(thresholds[k]), zero(0.0f);
+                return [=](FloatBatch g_, FloatBatch w_, FloatBatch dy_) {
+                    return g_ + xsimd::select(xsimd::abs(w_) <= t, dy_, zero);
+                };
+            };
+            kernels::map_rows(rows, out.numel() / rows, dw, ste_of_row, dw, w.value().data(), dy);
         });
     }
     return out;
@@ -244,20 +250,7 @@ inline Var quantize_weight(const Var& w, const WeightQuantOptions& options) {
 inline IntegerCodes weight_codes(const Tensor& w, const WeightQuantOptions& options) {
     const GridSpec g = grid_spec("weight_codes", options.bits, options.grid);
     const int64_t rows = detail::weight_rows("weight_codes", w.shape(), options.per_channel);
-    const auto scales = detail::row_scales(detail::weight_thresholds(w, rows, g, options.scale), g);
-    IntegerCodes out;
-    out.shape = w.shape();
-    out.offset = g.offset;
-    out.min_code = g.min_code;
-    out.max_code = g.max_code;
-    out.codes.resize(static_cast<size_t>(w.numel()));
-    const int64_t inner = w.numel() / rows;
-    for (int64_t k = 0; k < rows; ++k) {
-        out.scales.push_back(scales[k].scale);
-        for (int64_t i = k * inner; i < (k + 1) * inner; ++i)
-            out.codes[i] = static_cast<int32_t>(detail::signed_code(w[i] * scales[k].inv_scale, g));
-    }
-    return out;
+    return detail::signed_codes(w, g, detail::row_scales(detail::weight_thresholds(w, rows, g, options.scale), g));
 }
 
 namespace reference {
