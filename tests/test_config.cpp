@@ -376,3 +376,17 @@ TEST_CASE("config: the Markdown reference lists every key, its default and what 
     for (size_t at = md.find("\n| `"); at != std::string::npos; at = md.find("\n| `", at + 1)) ++rows;
     CHECK(rows == config_fields().size());
 }
+
+TEST_CASE("config: every ready-made config in configs/ is valid") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(SPEQ_SOURCE_DIR) / "configs";
+    REQUIRE(fs::is_directory(dir));
+    int count = 0;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+        if (entry.path().extension() != ".json") continue;
+        INFO("config file: ", entry.path().string());
+        CHECK_NOTHROW(io::load_config(entry.path().string()));
+        ++count;
+    }
+    CHECK(count >= 10);
+}
