@@ -136,10 +136,12 @@ inline void im2col(const ConvGeometry& g, const float* image, float* col) {
                 if (q1 > q0) std::memcpy(row + q0, plane + q0 + shift, sizeof(float) * (q1 - q0));
                 int64_t first, last;
                 g.valid_out_cols(j, first, last);
-                for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                    std::fill(row + oh * W, row + oh * W + first, 0.0f);
-                    std::fill(row + oh * W + last, row + (oh + 1) * W, 0.0f);
-                }
+                // Column by column: the edges are only `padding` wide, and a fill per image row
+                // would be a library call per one or two floats.
+                for (int64_t ow = 0; ow < first; ++ow)
+                    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) row[oh * W + ow] = 0.0f;
+                for (int64_t ow = last; ow < W; ++ow)
+                    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) row[oh * W + ow] = 0.0f;
             }
         }
     }
