@@ -2,7 +2,8 @@
 //
 // Storage is contiguous, row-major (NCHW for images, [rows, cols] for matrices) and 64-byte
 // aligned so SIMD loads never straddle a cache line. A Tensor owns its storage: copying copies
-// the numbers (like std::vector), moving is cheap. Eigen maps view the same memory for the math.
+// the numbers (like std::vector), moving is cheap. Large blocks are reused through a small cache
+// (core/allocator.hpp). Eigen maps view the same memory for the math.
 #pragma once
 
 // GCC 12 warns "__Y may be used uninitialized" inside its own AVX-512 intrinsics header
@@ -32,11 +33,10 @@
 #include <numeric>
 #include <utility>
 
+#include "speq/core/allocator.hpp"
 #include "speq/core/error.hpp"
 
 namespace speq {
-
-inline constexpr size_t kAlignment = 64;
 
 using MatrixMap = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
                              Eigen::Aligned64>;
@@ -57,8 +57,10 @@ inline int64_t numel_of(const Shape& shape) {
 }
 
 namespace detail {
+// Gives the block back to the allocator (core/allocator.hpp), which keys its cache by size.
 struct AlignedFree {
-    void operator()(float* p) const { std::free(p); }
+    size_t bytes = 0;
+    void operator()(float* p) const { release_bytes(p, bytes); }
 };
 using AlignedStorage = std::unique_ptr<float[], AlignedFree>;
 
@@ -66,9 +68,7 @@ inline AlignedStorage allocate_floats(int64_t count) {
     if (count == 0) return nullptr;
     // aligned_alloc wants the size to be a multiple of the alignment.
     size_t bytes = (static_cast<size_t>(count) * sizeof(float) + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, bytes);
-    if (!p) fail("tensor: out of memory allocating ", bytes, " bytes");
-    return AlignedStorage(static_cast<float*>(p));
+    return AlignedStorage(static_cast<float*>(allocate_bytes(bytes)), AlignedFree{bytes});
 }
 }  // namespace detail
 

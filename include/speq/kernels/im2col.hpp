@@ -8,6 +8,12 @@
 // of that image is   y[K, H'*W'] = weight[K, C*kh*kw] * col.   col2im_add is the adjoint
 // (transpose) of im2col: it adds every column entry back onto the pixel it was copied from,
 // which is how the gradient of the columns becomes the gradient of the image.
+//
+// im2col and col2im_add take a fast path for stride 1 with "same" width (out_w == width, e.g. 3x3
+// with padding 1, every 3x3 conv of a ResNet except the downsampling ones): there a row of col is
+// the whole image plane shifted by a constant offset, so it is one long copy plus zeroed edges.
+// reference::im2col / reference::col2im_add are the general loops: the path for every other
+// geometry, and what the tests compare the fast path with.
 #pragma once
 
 #include <algorithm>
@@ -47,6 +53,10 @@ struct ConvGeometry {
     }
 };
 
+// True when a row of col is the image plane shifted by a constant: stride 1, out_w == width.
+inline bool is_shifted_copy(const ConvGeometry& g) { return g.stride == 1 && g.out_w == g.width; }
+
+namespace reference {
 // col[C*kh*kw, H'*W'] = the patches of image[C, H, W] (see the top of this file).
 inline void im2col(const ConvGeometry& g, const float* image, float* col) {
     for (int64_t c = 0; c < g.channels; ++c) {
@@ -96,6 +106,67 @@ inline void col2im_add(const ConvGeometry& g, const float* col, float* image) {
                     const float* in = row + oh * g.out_w;
                     float* out = plane + ih * g.width + first * g.stride + j - g.padding;  // as in im2col
                     for (int64_t ow = first; ow < last; ++ow) out[(ow - first) * g.stride] += in[ow];
+                }
+            }
+        }
+    }
+}
+
+}  // namespace reference
+
+// col[C*kh*kw, H'*W'] = the patches of image[C, H, W] (see the top of this file).
+inline void im2col(const ConvGeometry& g, const float* image, float* col) {
+    if (!is_shifted_copy(g)) return reference::im2col(g, image, col);
+    const int64_t W = g.width, plane_size = g.height * g.width;
+    for (int64_t c = 0; c < g.channels; ++c) {
+        const float* plane = image + c * plane_size;
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
+            // Output rows oh whose input row ih = oh + i - padding lies in the image: [oh_lo, oh_hi).
+            const int64_t oh_lo = std::clamp<int64_t>(g.padding - i, 0, g.out_h);
+            const int64_t oh_hi = std::clamp<int64_t>(g.height + g.padding - i, oh_lo, g.out_h);
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+                float* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.col_cols();
+                // row[oh*W + ow] = plane[oh*W + ow + shift] wherever the pixel is inside the image.
+                const int64_t shift = (i - g.padding) * W + (j - g.padding);
+                std::fill(row, row + oh_lo * W, 0.0f);
+                std::fill(row + oh_hi * W, row + g.out_h * W, 0.0f);
+                // One copy for all valid rows, clamped to the plane; what it gets wrong (or skips)
+                // lies in the edge columns, which are zeroed next.
+                const int64_t q0 = std::max(oh_lo * W, -shift), q1 = std::min(oh_hi * W, plane_size - shift);
+                if (q1 > q0) std::memcpy(row + q0, plane + q0 + shift, sizeof(float) * (q1 - q0));
+                int64_t first, last;
+                g.valid_out_cols(j, first, last);
+                // Column by column: the edges are only `padding` wide, and a fill per image row
+                // would be a library call per one or two floats.
+                for (int64_t ow = 0; ow < first; ++ow)
+                    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) row[oh * W + ow] = 0.0f;
+                for (int64_t ow = last; ow < W; ++ow)
+                    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) row[oh * W + ow] = 0.0f;
+            }
+        }
+    }
+}
+
+// image[C, H, W] += im2col^T(col): every entry of col is added to the pixel it came from;
+// entries that came from the zero padding are dropped.
+inline void col2im_add(const ConvGeometry& g, const float* col, float* image) {
+    if (!is_shifted_copy(g)) return reference::col2im_add(g, col, image);
+    const int64_t W = g.width;
+    for (int64_t c = 0; c < g.channels; ++c) {
+        float* plane = image + c * g.height * W;
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
+            const int64_t oh_lo = std::clamp<int64_t>(g.padding - i, 0, g.out_h);
+            const int64_t oh_hi = std::clamp<int64_t>(g.height + g.padding - i, oh_lo, g.out_h);
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+                const float* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.col_cols();
+                const int64_t shift = (i - g.padding) * W + (j - g.padding);
+                int64_t first, last;
+                g.valid_out_cols(j, first, last);
+                // Row by row (the edge columns must be skipped); each inner loop is contiguous.
+                for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+                    const float* in = row + oh * W + first;
+                    float* out = plane + oh * W + first + shift;
+                    for (int64_t k = 0; k < last - first; ++k) out[k] += in[k];
                 }
             }
         }

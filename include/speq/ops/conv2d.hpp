@@ -50,6 +50,19 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
                                        options.padding);
 }
 
+// Wf[c, k, i, j] = W[k, c, kh-1-i, kw-1-j]: the kernel of the convolution that maps dy to dx
+// (stride 1, "same" padding), as a [C, K*kh*kw] matrix.
+inline Tensor flip_kernel(const Tensor& w) {
+    const int64_t K = w.dim(0), C = w.dim(1), kh = w.dim(2), kw = w.dim(3);
+    Tensor f = Tensor::uninitialized({C, K * kh * kw});
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t i = 0; i < kh; ++i)
+                for (int64_t j = 0; j < kw; ++j)
+                    f[((c * K + k) * kh + i) * kw + j] = w[((k * C + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+    return f;
+}
+
 }  // namespace detail
 
 // x: [N, C, H, W], weight: [K, C, kh, kw], bias: [K] or undefined Var -> [N, K, H', W'],
@@ -60,6 +73,10 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
 //
 // Backward, with dy_n = dL/dy_n ([K, H'W']):
 //   dx_n += col2im(W^T dy_n)       (col2im is the adjoint of im2col)
+//           For stride 1 with "same" padding (kh = 2*padding + 1, kw likewise: ResNet's 3x3 convs)
+//           this equals a forward convolution of dy_n with the flipped, transposed kernel
+//           Wf[c, k, i, j] = W[k, c, kh-1-i, kw-1-j]:  dx_n += Wf im2col(dy_n), which replaces the
+//           slow scatter-add of col2im by a copy and gives the GEMM depth K*kh*kw instead of K.
 //   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
 //   db   += sum_{n, h', w'} dy[n, :, h', w']
 // The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
@@ -104,15 +121,28 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();
         Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
 
+        // The "same"-padding case of dx: dy_n is convolved with the flipped kernel (see above).
+        const bool dx_by_conv = need_dx && !g.is_pointwise() && g.stride == 1 &&
+                                g.kernel_h == 2 * g.padding + 1 && g.kernel_w == 2 * g.padding + 1;
+        const kernels::ConvGeometry gt =
+            kernels::ConvGeometry::make(K, g.out_h, g.out_w, g.kernel_h, g.kernel_w, 1, g.padding);
+        Tensor flipped = dx_by_conv ? detail::flip_kernel(weight.value()) : Tensor();  // [C, K*kh*kw]
+
         parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
-            const bool use_col = need_dw && !g.is_pointwise(), use_dcol = need_dx && !g.is_pointwise();
+            const bool use_col = need_dw && !g.is_pointwise();
+            const bool use_dcol = need_dx && !g.is_pointwise() && !dx_by_conv;
             Tensor col = use_col ? Tensor::uninitialized({R, P}) : Tensor();
             Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();
+            Tensor dy_col = dx_by_conv ? Tensor::uninitialized({gt.col_rows(), gt.col_cols()}) : Tensor();
             for (int64_t n = first; n < last; ++n) {
                 const float* dy_n = dy + n * K * P;
                 if (need_dx) {  // dx_n += col2im(W^T dy_n); for a pointwise conv col2im is the identity
                     float* dx_n = dx + n * g.image_size();
-                    if (use_dcol) {
+                    if (dx_by_conv) {  // dx_n += Wf im2col(dy_n)
+                        kernels::im2col(gt, dy_n, dy_col.data());
+                        kernels::gemm_nn(g.channels, gt.col_cols(), gt.col_rows(), flipped.data(), dy_col.data(), dx_n,
+                                         true);
+                    } else if (use_dcol) {
                         kernels::gemm_tn(R, P, K, wp, dy_n, dcol.data(), false);
                         kernels::col2im_add(g, dcol.data(), dx_n);
                     } else {
