@@ -5,12 +5,35 @@
 //
 // --set overrides a key, nested keys by dots: --set speq.u=0.4 --set epochs=2.
 // --resume continues the run in out_dir from its last.safetensors.
+// Ctrl-C or SIGTERM: the current step finishes, last.safetensors is written, and the program
+// prints the command that continues the run and exits with 128 + the signal (130, 143).
+// A second Ctrl-C stops at once.
 #include <speq/speq.hpp>
 #include <speq/train/trainer.hpp>
 
 #include <cstdio>
 #include <string>
 #include <vector>
+
+// `arg` as the shell reads it back: as is when it is made of safe characters, else in '...'.
+static std::string shell_quote(const std::string& arg) {
+    const std::string safe = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%";
+    if (!arg.empty() && arg.find_first_not_of(safe) == std::string::npos) return arg;
+    std::string quoted = "'";
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
+// This very command line, with --resume added if it was not there.
+static std::string resume_command(int argc, char** argv) {
+    std::string command;
+    bool has_resume = false;
+    for (int i = 0; i < argc; ++i) {
+        command += (i ? " " : "") + shell_quote(argv[i]);
+        has_resume = has_resume || std::string(argv[i]) == "--resume";
+    }
+    return has_resume ? command : command + " --resume";
+}
 
 static const char* kUsage =
     "usage: speq-train --config FILE [--set key=value]... [--resume]\n"
@@ -48,6 +71,9 @@ int main(int argc, char** argv) {
                     static_cast<long long>(s.steps), speq::train::format_duration(s.wall_seconds).c_str(),
                     config.out_dir.c_str());
         return 0;
+    } catch (const speq::train::Interrupted& e) {
+        std::fprintf(stderr, "speq-train: %s\nspeq-train: to resume: %s\n", e.what(), resume_command(argc, argv).c_str());
+        return e.exit_code();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "speq-train: error: %s\n", e.what());
         return 1;

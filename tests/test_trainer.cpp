@@ -114,7 +114,7 @@ TEST_CASE("trainer: a run interrupted mid-epoch and resumed matches an uninterru
     CHECK(fs::exists(tmp.path / "straight" / "config.json"));
 }
 
-TEST_CASE("trainer: fp then speq from its checkpoint learns the task; speq-eval's path reads it back") {
+TEST_CASE("trainer: fp then speq from its checkpoint learns the task, and speq-eval's path reads it back") {
     TempDir tmp("learn");
     write_split(tmp.path, "train", 512, 3);
     write_split(tmp.path, "t10k", 128, 4);

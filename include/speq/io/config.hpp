@@ -191,7 +191,7 @@ using json = nlohmann::json;
 
 // A value in a message: JSON text, cut short.
 inline std::string show(const json& v) {
-    std::string s = v.dump();
+    std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);  // never throws on bad UTF-8
     return s.size() > 60 ? s.substr(0, 57) + "..." : s;
 }
 
@@ -690,6 +690,13 @@ inline TrainConfig config_from_json(const nlohmann::json& j, const std::string& 
 inline void apply_override(nlohmann::json& j, const std::string& assignment) {
     using namespace config_detail;
     const std::string source = "--set " + assignment;
+    // A JSON string is UTF-8: other bytes would only fail later, far from this --set (found by fuzzing).
+    try {
+        (void)json(assignment).dump();
+    } catch (const json::exception&) {
+        const std::string shown = json(assignment).dump(-1, ' ', false, json::error_handler_t::replace);
+        fail("--set ", shown.substr(1, shown.size() - 2), ": not valid UTF-8 text");
+    }
     const size_t eq = assignment.find('=');
     SPEQ_CHECK(eq != std::string::npos && eq > 0, source, ": expected key=value, like --set speq.u=0.4");
     const std::string key = assignment.substr(0, eq);

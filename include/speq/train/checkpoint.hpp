@@ -9,6 +9,8 @@
 // PyTorch: {k: v for k, v in load_file(path).items() if not k.startswith("optimizer.")}.
 #pragma once
 
+#include <cmath>
+#include <cstring>
 #include <string>
 
 #include "speq/core/rng.hpp"
@@ -65,12 +67,46 @@ inline std::string double_text(double v) {
 }
 }  // namespace detail
 
-// Writes model + optimizer + position atomically to `path`.
+// True when no element is nan or +-inf. One pass of integer ops (exponent bits all ones means
+// inf or nan), which the compiler vectorizes.
+inline bool all_finite(const Tensor& t) {
+    const float* p = t.data();
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, p + i, 4);
+        bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad == 0;
+}
+
+// "" when `t` is finite, else "nan at element 17; 3 of 432 elements are not finite".
+inline std::string non_finite_summary(const Tensor& t) {
+    if (all_finite(t)) return "";
+    int64_t count = 0, first = -1;
+    for (int64_t i = 0; i < t.numel(); ++i)
+        if (!std::isfinite(t[i])) {
+            if (first < 0) first = i;
+            ++count;
+        }
+    const float v = t[first];
+    return std::string(std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf") + " at element " + std::to_string(first) +
+           "; " + std::to_string(count) + " of " + std::to_string(t.numel()) + " elements are not finite";
+}
+
+// Writes model + optimizer + position atomically to `path`. A tensor holding nan or inf is an
+// error and nothing is written: a checkpoint is always one that training can continue from.
 inline void save_checkpoint(const std::string& path, nn::Module& model, const optim::SGD& sgd,
                             const io::TrainConfig& config, const TrainingPosition& at) {
     io::NamedConstTensors tensors;
     for (auto& [name, t] : model.state()) tensors.push_back({name, t});
     for (auto& [name, t] : sgd.momentum_buffers()) tensors.push_back({kMomentumPrefix + name, t});
+    for (const auto& [name, t] : tensors) {
+        const std::string bad = non_finite_summary(*t);
+        if (!bad.empty())
+            fail(path, ": not written: tensor '", name, "' is not finite (", bad,
+                 "); the file already there, if any, is left as it was");
+    }
     std::map<std::string, std::string> meta = {
         {"config", io::to_json(config).dump()},
         {"epoch", std::to_string(at.epoch)},

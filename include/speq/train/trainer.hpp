@@ -6,6 +6,18 @@
 //
 // Writes into config.out_dir: config.json (the resolved config), metrics.jsonl (one JSON line
 // per epoch), epoch_<N>.safetensors and last.safetensors (checkpoints), summary.json at the end.
+//
+// Faults:
+//   - out_dir that cannot be written: an error before any data is read (io::check_writable_dir).
+//   - SIGINT / SIGTERM while training (interrupt.hpp): the step in progress finishes,
+//     last.safetensors is written at that mid-epoch position (no evaluation, to stop quickly),
+//     then train::Interrupted is thrown; a run with resume = true continues exactly. A second
+//     signal kills the process at once.
+//   - A loss, gradient or updated parameter that is not finite: an error naming the step and the
+//     first tensor, in model (state) order, that went bad; nothing is written after it, so the
+//     last checkpoint stays the last good one (save_checkpoint also refuses non-finite tensors).
+//   - A failed write (disk full, file-size limit): an error naming the file; the atomic writer
+//     leaves the previous file under the real name intact.
 #pragma once
 
 #include <cmath>
@@ -24,6 +36,7 @@
 #include "speq/train/checkpoint.hpp"
 #include "speq/train/data.hpp"
 #include "speq/train/evaluate.hpp"
+#include "speq/train/interrupt.hpp"
 #include "speq/train/progress.hpp"
 #include "speq/train/speq.hpp"
 
@@ -82,6 +95,29 @@ inline optim::Schedule make_schedule(const io::TrainConfig& c, int64_t steps_per
     }
     if (c.warmup_epochs > 0) s = optim::linear_warmup(s, c.warmup_epochs * steps_per_epoch);
     return s;
+}
+
+// ---- finding where values stopped being finite ----
+
+// The first parameter, in model order (state() order: registration order, which is forward
+// order for speq's models), whose gradient holds nan or inf: {name, what is wrong}, or {"", ""}.
+inline std::pair<std::string, std::string> first_non_finite_gradient(const nn::Module& model) {
+    for (auto& [name, var] : model.named_parameters())
+        if (var.has_grad()) {
+            std::string bad = non_finite_summary(var.grad());
+            if (!bad.empty()) return {name, bad};
+        }
+    return {"", ""};
+}
+
+// The first tensor of model.state() (parameters and buffers, such as batch norm's running
+// statistics) holding nan or inf: {name, what is wrong}, or {"", ""}.
+inline std::pair<std::string, std::string> first_non_finite_state(nn::Module& model) {
+    for (auto& [name, t] : model.state()) {
+        std::string bad = non_finite_summary(*t);
+        if (!bad.empty()) return {name, bad};
+    }
+    return {"", ""};
 }
 
 // ---- the run ----
@@ -246,18 +282,82 @@ private:
             }
         }
         const float value = loss.value()[0];
-        SPEQ_CHECK(std::isfinite(value), "train: the loss is ", value, " at step ", at_.step + 1, " (epoch ",
-                   at_.epoch + 1, ", batch ", at_.batch + 1, "); lower lr or check the data. The last checkpoint, ",
-                   out("last.safetensors"), ", is intact");
+        if (!std::isfinite(value)) non_finite_loss(value, logits.value());
         backward(loss);
+        check_gradients(value);
         sgd_->step();
+        check_state();
         at_.loss_sum += value * batch.size();
         at_.ce_sum += ce * batch.size();
         at_.kd_sum += kd * batch.size();
         return logits.value();
     }
 
+    // ---- non-finite values: stop before anything bad is saved ----
+
+    // "step 12 (epoch 2, batch 4)": the step being taken now.
+    std::string where_now() const {
+        return "step " + std::to_string(at_.step + 1) + " (epoch " + std::to_string(at_.epoch + 1) + ", batch " +
+               std::to_string(at_.batch + 1) + ")";
+    }
+
+    // What the user still has, for the end of every non-finite message.
+    std::string nothing_written() const {
+        const std::string last = out("last.safetensors");
+        return std::filesystem::exists(last) ? "; nothing was written after the last checkpoint, " + last +
+                                                   ", which is intact. Lower lr or check the data"
+                                             : "; no checkpoint was written. Lower lr or check the data";
+    }
+
+    // The loss is nan/inf: the forward pass overflowed. Batch norm's running statistics were
+    // updated by this forward pass, so the first non-finite one names the layer where it happened.
+    [[noreturn]] void non_finite_loss(float value, const Tensor& logits) {
+        std::string where = all_finite(logits) ? "the logits are finite (check the labels and the loss settings)"
+                                               : "the logits are not finite";
+        const auto [name, bad] = first_non_finite_state(*model_);
+        if (!name.empty()) where += "; the first non-finite tensor of the model is '" + name + "' (" + bad + ")";
+        fail("train: the loss is ", value, " at ", where_now(), ": ", where, nothing_written());
+    }
+
+    // Before the update: the first parameter, in model order, whose gradient is not finite.
+    void check_gradients(float loss) {
+        const auto [name, bad] = first_non_finite_gradient(*model_);
+        if (!name.empty())
+            fail("train: at ", where_now(), " the gradient of '", name, "' is not finite (", bad,
+                 "), the first such parameter in model order; the loss was ", loss, ". Stopped before the update",
+                 nothing_written());
+    }
+
+    // After the update: a finite gradient times a huge lr can still overflow a weight, and a
+    // forward pass whose loss stayed finite can still overflow batch norm's running statistics.
+    void check_state() {
+        const auto [name, bad] = first_non_finite_state(*model_);
+        if (!name.empty())
+            fail("train: after ", where_now(), " '", name, "' is not finite (", bad,
+                 ") although the loss and every gradient were: lr ", sgd_->lr(), " is probably too large",
+                 nothing_written());
+    }
+
+    // ---- interruption ----
+
+    // Writes last.safetensors at the current (mid-epoch) position and throws Interrupted.
+    [[noreturn]] void stop_interrupted(int sig, bool save) {
+        const std::string last = out("last.safetensors");
+        if (save) {
+            log(signal_name(sig) + ": stopping after step " + std::to_string(at_.step) + ", writing " + last);
+            save_checkpoint(last, *model_, *sgd_, config_, at_);
+        }
+        const std::string position = at_.batch == 0 ? "at the end of epoch " + std::to_string(at_.epoch)
+                                                    : "epoch " + std::to_string(at_.epoch + 1) + ", batch " +
+                                                          std::to_string(at_.batch) + " of " +
+                                                          std::to_string(steps_per_epoch_);
+        throw Interrupted(signal_name(sig) + " received: stopped after step " + std::to_string(at_.step) + " (" +
+                              position + "); checkpoint " + last + " written; continue with --resume",
+                          sig, last);
+    }
+
     RunSummary train_loop() {
+        InterruptGuard interrupt;  // from the first step on, Ctrl-C means "checkpoint, then stop"
         const int64_t total_steps = steps_per_epoch_ * config_.epochs;
         const int64_t stop_at = config_.max_steps > 0 ? std::min<int64_t>(config_.max_steps, total_steps) : total_steps;
         progress_ = std::make_unique<Progress>(stop_at, config_.log_every);
@@ -272,7 +372,7 @@ private:
             model_->train();
             loader_->start_epoch(at_.epoch, at_.batch);
             io::Batch batch;
-            while (at_.step < stop_at && loader_->next(batch)) {
+            while (at_.step < stop_at && !interrupt.requested() && loader_->next(batch)) {
                 const int64_t n = batch.size();
                 std::vector<int> labels = batch.labels;
                 Tensor logits = step(batch, rng);
@@ -286,6 +386,7 @@ private:
             }
             const bool epoch_done = at_.batch >= steps_per_epoch_;
             at_.wall_seconds = wall_before + progress_->elapsed();
+            if (interrupt.requested() && !epoch_done && at_.step < stop_at) stop_interrupted(interrupt.signal(), true);
             last_eval = evaluate(*model_, data_.test, data_.normalization);
             evaluated_last = true;
             write_metrics(last_eval, epoch_done);
@@ -297,6 +398,9 @@ private:
             }
             save_checkpoint(out("last.safetensors"), *model_, *sgd_, config_, at_);
             log_epoch(last_eval, epoch_done);
+            // A signal during the evaluation or the writes: the checkpoint above is current.
+            if (interrupt.requested() && at_.epoch < config_.epochs && at_.step < stop_at)
+                stop_interrupted(interrupt.signal(), false);
         }
         if (!evaluated_last) last_eval = evaluate(*model_, data_.test, data_.normalization);
 
