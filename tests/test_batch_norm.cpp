@@ -220,7 +220,7 @@ TEST_CASE("batch_norm2d: identical bits with 1 and 2 threads, forward and backwa
     for (int k = 0; k < 6; ++k) CHECK_MESSAGE(same_bits(results[0][k], results[1][k]), names[k]);
 }
 
-TEST_CASE("batch_norm2d: no-grad records nothing; statistics still follow the options") {
+TEST_CASE("batch_norm2d: no-grad records nothing, statistics still follow the options") {
     tape().clear();
     Rng rng(29);
     Tensor x = randn({2, 2, 2, 2}, rng);

@@ -163,7 +163,7 @@ TEST_CASE("safetensors: save then load gives the same tensors, order and metadat
     CHECK(load_safetensors(dir / "a.safetensors").tensors.size() == 1);
 }
 
-TEST_CASE("safetensors: other dtypes are converted to float32 on reading; order in the header does not matter") {
+TEST_CASE("safetensors: other dtypes are converted to float32 on reading, order in the header does not matter") {
     // Entries listed out of offset order, as another writer may do. F16 -1.5 = be00, smallest
     // normal 2^-14 = 0400, smallest subnormal 2^-24 = 0001; BF16 1.0 = 3f80; I64 7; F64 0.25.
     std::string data;
@@ -278,7 +278,7 @@ TEST_CASE("safetensors: every malformed file gets a clear error naming the file 
     }
 }
 
-TEST_CASE("safetensors: load_safetensors names the path; random corruption never crashes") {
+TEST_CASE("safetensors: load_safetensors names the path, random corruption never crashes") {
     TempDir dir;
     check_error_contains([&] {
         try { load_safetensors(dir / "missing.safetensors"); } catch (const Error& e) { return std::string(e.what()); }
@@ -323,7 +323,7 @@ TEST_CASE("safetensors: load_safetensors names the path; random corruption never
     CHECK(loaded + rejected == 3000);
 }
 
-TEST_CASE("assign_tensors: copies into the destinations; missing, extra and mismatched names are listed") {
+TEST_CASE("assign_tensors: copies into the destinations, missing, extra and mismatched names are listed") {
     Tensor w = Tensor::of({2, 2}, {1, 2, 3, 4}), b = Tensor::of({2}, {5, 6}), extra = Tensor::of({1}, {9});
     TensorFile f;
     f.tensors.emplace_back("fc.weight", w);

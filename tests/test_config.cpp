@@ -241,7 +241,7 @@ TEST_CASE("config: rules across keys are errors or warnings") {
     check_contains(warnings_of({{"kd", {{"teacher_checkpoint", "t"}}}}), {"kd.teacher_checkpoint is ignored by method 'fp'"});
 }
 
-TEST_CASE("config: --set overrides reach nested keys and arrays; the source of a bad value is named") {
+TEST_CASE("config: --set overrides reach nested keys and arrays, the source of a bad value is named") {
     json j = json::object();
     apply_override(j, "speq.u=0.4");
     apply_override(j, "method=speq");                // not JSON: taken as text

@@ -89,7 +89,7 @@ TEST_CASE("cross_entropy: a 2x3 example by hand") {
     for (int j = 0; j < 6; ++j) CHECK(z.grad()[j] == doctest::Approx(want[j]).epsilon(1e-6));
 }
 
-TEST_CASE("cross_entropy: huge logits stay finite; gradient check") {
+TEST_CASE("cross_entropy: huge logits stay finite, gradient check") {
     Var z = Var::parameter(Tensor::of({2, 3}, {1e4f, -1e4f, 0.0f, 3e4f, 3e4f, -3e4f}));
     Var loss = cross_entropy(z, {1, 0});
     // Row 0: lse = 1e4, loss 2e4. Row 1: lse = 3e4 + log 2, loss log 2. Mean: 1e4 + log(2)/2.
@@ -110,7 +110,7 @@ TEST_CASE("cross_entropy: bad labels name the index and the value") {
     CHECK_THROWS_WITH_AS(cross_entropy(z, {0}), doctest::Contains("2 rows but there are 1 labels"), Error);
 }
 
-TEST_CASE("cosine_loss: 0 for equal, 1 for orthogonal, 2 for opposite; scale-invariant") {
+TEST_CASE("cosine_loss: 0 for equal, 1 for orthogonal, 2 for opposite, scale-invariant") {
     Var a(Tensor::of({3, 2}, {1, 2, 1, 0, 3, -1}));
     Var same(Tensor::of({3, 2}, {1, 2, 1, 0, 3, -1}));
     CHECK(cosine_loss(a, same).value()[0] == doctest::Approx(0.0).scale(1.0).epsilon(1e-6));

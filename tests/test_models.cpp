@@ -518,7 +518,7 @@ TEST_CASE("ResNet-20 at W2A2: forward + backward at batch 8, finite gradients ev
 
 // ---------------------------------------------------------------- quantization control
 
-TEST_CASE("set_act_bits: all, by name, per layer; the guard restores") {
+TEST_CASE("set_act_bits: all, by name, per layer, the guard restores") {
     Rng rng(14);
     nn::ResNetCifar net(20, 10, nn::Shortcut::A, rng);
     CHECK(nn::act_bits(net) == std::vector<int>(19, 32));

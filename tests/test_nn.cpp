@@ -136,7 +136,7 @@ TEST_CASE("nn: a module's own parameters and buffers come before its children in
     CHECK(names_of(m.named_parameters()) == std::vector<std::string>{"scale", "child.weight", "child.bias"});
 }
 
-TEST_CASE("nn: state() writes through to parameters and buffers; the const view reads the same") {
+TEST_CASE("nn: state() writes through to parameters and buffers, the const view reads the same") {
     Rng rng(3);
     nn::Sequential seq;
     auto bn = seq.push_back(std::make_shared<nn::BatchNorm2d>(2));

@@ -116,7 +116,7 @@ TEST_CASE("SGD: dampening applies from the second step on") {
     CHECK(p[2] == doctest::Approx(-2.16175).epsilon(1e-6));
 }
 
-TEST_CASE("SGD: the decay filter skips chosen parameters; parameters without gradient are skipped") {
+TEST_CASE("SGD: the decay filter skips chosen parameters, parameters without gradient are skipped") {
     Var w = Var::parameter(Tensor::of({1}, {2.0f}));
     Var gamma = Var::parameter(Tensor::of({1}, {2.0f}));
     Var unused = Var::parameter(Tensor::of({1}, {5.0f}));
