@@ -33,6 +33,7 @@
 // quant: quantizers as differentiable ops (straight-through and PACT/LSQ gradients)
 #include "speq/quant/act_quant.hpp"
 #include "speq/quant/bits.hpp"
+#include "speq/quant/golden_section.hpp"
 #include "speq/quant/lsq.hpp"
 #include "speq/quant/weight_quant.hpp"
 

@@ -22,6 +22,7 @@
 #include "speq/nn/module.hpp"
 #include "speq/ops/relu.hpp"
 #include "speq/quant/act_quant.hpp"
+#include "speq/quant/golden_section.hpp"
 #include "speq/quant/bits.hpp"
 
 namespace speq::nn {
@@ -108,20 +109,9 @@ inline float calibrate_alpha(const Tensor& x, int bits) {
         evaluate(double(top) * k / kGrid);
         if (best_error < before) best_k = k;
     }
-    const double r618 = 0.5 * (std::sqrt(5.0) - 1.0);
     double lo = double(top) * (best_k - 1) / kGrid, hi = double(top) * std::min(best_k + 1, kGrid) / kGrid;
     if (lo <= 0.0) lo = 0.5 * top / kGrid;
-    double c = hi - r618 * (hi - lo), d = lo + r618 * (hi - lo);
-    double ec = evaluate(c), ed = evaluate(d);
-    for (int it = 0; it < kRefine; ++it) {
-        if (ec < ed) {
-            hi = d, d = c, ed = ec;
-            c = hi - r618 * (hi - lo), ec = evaluate(c);
-        } else {
-            lo = c, c = d, ec = ed;
-            d = lo + r618 * (hi - lo), ed = evaluate(d);
-        }
-    }
+    quant::golden_section_search(lo, hi, kRefine, evaluate);
     return best;
 }
 

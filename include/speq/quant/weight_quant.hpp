@@ -30,6 +30,7 @@
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/reduce.hpp"
 #include "speq/quant/bits.hpp"
+#include "speq/quant/golden_section.hpp"
 
 namespace speq::quant {
 
@@ -135,20 +136,9 @@ inline float min_l2_threshold(const float* w, int64_t n, float max_abs, const Gr
             if (e < best_error) best = tf, best_error = e;
             return e;
         };
-        const double r = 0.5 * (std::sqrt(5.0) - 1.0);  // 0.618...
         double lo = top * std::max(k - 1, 0) / kGrid, hi = top * std::min(k + 1, kGrid) / kGrid;
         if (lo <= 0.0) lo = 0.5 * top / kGrid;
-        double c = hi - r * (hi - lo), d = lo + r * (hi - lo);
-        double ec = evaluate(c), ed = evaluate(d);
-        for (int it = 0; it < kRefine; ++it) {
-            if (ec < ed) {
-                hi = d, d = c, ed = ec;
-                c = hi - r * (hi - lo), ec = evaluate(c);
-            } else {
-                lo = c, c = d, ec = ed;
-                d = lo + r * (hi - lo), ed = evaluate(d);
-            }
-        }
+        golden_section_search(lo, hi, kRefine, evaluate);
         found[j] = best, found_error[j] = best_error;
     });
     int j_best = 0;
