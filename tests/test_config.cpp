@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -375,6 +376,16 @@ TEST_CASE("config: the Markdown reference lists every key, its default and what 
     size_t rows = 0;
     for (size_t at = md.find("\n| `"); at != std::string::npos; at = md.find("\n| `", at + 1)) ++rows;
     CHECK(rows == config_fields().size());
+}
+
+TEST_CASE("config: docs/config-reference.md is the generated reference, unchanged") {
+    const std::filesystem::path file = std::filesystem::path(SPEQ_SOURCE_DIR) / "docs" / "config-reference.md";
+    std::ifstream in(file, std::ios::binary);
+    REQUIRE_MESSAGE(in.good(), "cannot read ", file.string());
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    INFO("docs/config-reference.md differs from the code; regenerate it with "
+         "./build/speq-train --print-config-reference > docs/config-reference.md");
+    CHECK(text == config_reference_markdown());
 }
 
 TEST_CASE("config: every ready-made config in configs/ is valid") {

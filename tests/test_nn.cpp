@@ -304,6 +304,9 @@ TEST_CASE("nn: weight_decay_filter skips BatchNorm parameters and *.alpha, decay
     CHECK_FALSE(decays("bn1.bias"));
     CHECK_FALSE(decays("layer1.0.bn1.bias"));
     CHECK_FALSE(decays("layer1.alpha"));
+    auto decays_alpha_too = nn::weight_decay_filter(net, /*decay_alpha=*/true);
+    CHECK(decays_alpha_too("layer1.alpha"));
+    CHECK_FALSE(decays_alpha_too("bn1.weight"));
     nn::Module solo;
     solo.register_parameter("alpha", Tensor::full({1}, 1.0f));
     solo.register_parameter("alphabet", Tensor::full({1}, 1.0f));

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "speq/speq.hpp"
 #include "synthetic_mnist.hpp"
@@ -135,4 +136,70 @@ TEST_CASE("trainer: resuming with a different experiment config is refused, nami
     CHECK_THROWS_WITH_AS(train::Trainer(c, true).run(), doctest::Contains("speq/u"), Error);
     io::TrainConfig fresh = tiny_config(tmp.path, tmp.path / "nothing_here");
     CHECK_THROWS_WITH_AS(train::Trainer(fresh, true).run(), doctest::Contains("no checkpoint to resume from"), Error);
+}
+
+TEST_CASE("trainer: --resume from a safetensors file that is not a speq checkpoint names what is missing") {
+    TempDir tmp("not_a_checkpoint");
+    write_split(tmp.path, "train", 64, 7);
+    write_split(tmp.path, "t10k", 32, 8);
+    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");
+    c.max_steps = 1;
+    train::Trainer(c, false).run();
+    const std::string last = (tmp.path / "run" / "last.safetensors").string();
+    io::TensorFile good = io::load_safetensors(last);
+
+    // Same tensors, metadata edited: each case must be refused with the file and the key named.
+    auto resume_with = [&](std::map<std::string, std::string> metadata) {
+        io::NamedConstTensors tensors;
+        for (const auto& [name, t] : good.tensors) tensors.push_back({name, &t});
+        io::save_safetensors(last, tensors, metadata);
+        train::Trainer(c, true).run();
+    };
+    std::map<std::string, std::string> meta = good.metadata;
+    CHECK_THROWS_WITH_AS(resume_with({}), doctest::Contains("it has no 'config' metadata"), Error);
+    meta.erase("epoch");
+    CHECK_THROWS_WITH_AS(resume_with(meta), doctest::Contains("metadata 'epoch' is missing"), Error);
+    meta = good.metadata;
+    meta["step"] = "twelve";
+    CHECK_THROWS_WITH_AS(resume_with(meta), doctest::Contains("metadata 'step' = 'twelve' is not a whole number"),
+                         Error);
+    meta = good.metadata;
+    meta["config"] = "{not json";
+    CHECK_THROWS_WITH_AS(resume_with(meta), doctest::Contains("metadata 'config'"), Error);
+}
+
+TEST_CASE("trainer: starting from a quantized checkpoint keeps its learned PACT alphas") {
+    auto is_model_alpha = [](const std::string& name) {
+        return name.rfind("optimizer.", 0) != 0 && name.size() > 6 && name.compare(name.size() - 6, 6, ".alpha") == 0;
+    };
+    TempDir tmp("keep_alphas");
+    write_split(tmp.path, "train", 64, 9);
+    write_split(tmp.path, "t10k", 32, 10);
+    io::TrainConfig first = tiny_config(tmp.path, tmp.path / "w2a2");
+    first.max_steps = 1;
+    train::Trainer(first, false).run();
+
+    // Give every alpha a value that neither alpha_init (6) nor calibration would produce.
+    const std::string path = (tmp.path / "w2a2" / "last.safetensors").string();
+    io::TensorFile file = io::load_safetensors(path);
+    io::NamedConstTensors tensors;
+    int alphas = 0;
+    for (auto& [name, t] : file.tensors) {
+        if (is_model_alpha(name)) t.fill(2.5f), ++alphas;
+        tensors.push_back({name, &t});
+    }
+    REQUIRE(alphas > 0);
+    io::save_safetensors(path, tensors, file.metadata);
+
+    io::TrainConfig next = tiny_config(tmp.path, tmp.path / "qat");
+    next.method = io::Method::qat;
+    next.init_checkpoint = path;
+    next.lr = 1e-9;  // one step that moves nothing measurably
+    next.max_steps = 1;
+    train::Trainer(next, false).run();
+    for (const auto& [name, t] : io::load_safetensors((tmp.path / "qat" / "last.safetensors").string()).tensors)
+        if (is_model_alpha(name)) {
+            INFO(name);
+            CHECK(t[0] == doctest::Approx(2.5f).epsilon(1e-5));
+        }
 }

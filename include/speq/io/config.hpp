@@ -110,6 +110,9 @@ struct ActQuantConfig {
     // and 4.3 at 8 bits; at 2 bits alpha = 3 gives a quantization MSE of 8% of E[x^2], alpha = 6
     // gives 33%: W2A2 from scratch may want a lower value (or calibration).
     double alpha_init = 6.0;
+    // PACT decays alpha with the weights to pull the clip in; speq does not by default: with
+    // alpha calibrated from the FP network, decay only shrinks the range the data needs.
+    bool weight_decay = false;
 };
 
 struct SpeqConfig {
@@ -436,15 +439,16 @@ inline const std::vector<ConfigField>& config_fields() {
         number(SPEQ_KEY(lr_gamma), open_closed(0, 1), "factor of the step schedule at each milestone"),
         number(SPEQ_KEY(momentum), closed_open(0, 1), "SGD momentum"),
         boolean(SPEQ_KEY(nesterov), "Nesterov momentum"),
-        number(SPEQ_KEY(weight_decay), closed_open(0, 1), "L2 weight decay (not applied to batch-norm parameters and PACT alphas)"),
+        number(SPEQ_KEY(weight_decay), closed_open(0, 1), "L2 weight decay (not applied to batch-norm parameters, nor to PACT alphas unless act_quant.weight_decay)"),
         bits(SPEQ_KEY(weight_bits), "weight bit-width of every conv/linear layer except the first and last"),
         bits(SPEQ_KEY(act_bits), "activation bit-width (the student's, for speq)"),
         bits(SPEQ_KEY(first_layer_bits), "weight bit-width of the first conv when weight_bits < 32 (its input image is never quantized)"),
-        bits(SPEQ_KEY(last_layer_bits), "weight bit-width of the last linear layer when weight_bits < 32"),
+        bits(SPEQ_KEY(last_layer_bits), "weight bit-width of the last linear layer when weight_bits < 32; its input activation runs at the more precise of this and act_bits"),
         choice(SPEQ_KEY(weight_quant.scale), "weight scale: max-abs, minimum L2 quantization error, or learned (LSQ)"),
         boolean(SPEQ_KEY(weight_quant.per_channel), "one weight scale per output channel (else one per tensor)"),
         choice(SPEQ_KEY(weight_quant.grid), "signed grid: narrow has a zero level, mid_rise uses all 2^b levels (see quant/bits.hpp)"),
-        number(SPEQ_KEY(act_quant.alpha_init), positive(), "initial PACT clip alpha when quantizing from scratch (from an FP checkpoint alpha is calibrated)"),
+        number(SPEQ_KEY(act_quant.alpha_init), positive(), "initial PACT clip alpha when quantizing from scratch (from an FP checkpoint alpha is calibrated, from a quantized one it is kept)"),
+        boolean(SPEQ_KEY(act_quant.weight_decay), "apply weight_decay to the PACT clips alpha too (as the PACT paper does)"),
         boolean(SPEQ_KEY(augment), "training augmentation: 4-pixel pad + random crop, horizontal flip (cifar10)"),
         integer(SPEQ_KEY(seed), at_least(0), "seed of weight init, shuffling, augmentation and SPEQ's bit draws"),
         integer(SPEQ_KEY(threads), between(0, 1024), "worker threads; 0 = OpenMP's default (results do not depend on it)"),

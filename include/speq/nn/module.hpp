@@ -209,14 +209,14 @@ public:
 // The weight-decay rule of speq, as a predicate for optim::SGD (true = decay this parameter):
 // every parameter decays except
 //   - those a module registered with weight_decay = false (BatchNorm2d's weight and bias), and
-//   - any parameter whose own name is "alpha" (PACT clip values: decaying them shrinks the
-//     clipping range for no reason).
+//   - unless decay_alpha, any parameter whose own name is "alpha" (PACT clip values: PACT
+//     decays them to pull the clip in; from a calibrated alpha that only shrinks the range).
 // Conv and Linear biases do decay, as in PyTorch's default SGD setup.
-inline std::function<bool(const std::string&)> weight_decay_filter(const Module& model) {
+inline std::function<bool(const std::string&)> weight_decay_filter(const Module& model, bool decay_alpha = false) {
     auto skip = std::make_shared<std::unordered_set<std::string>>();
     for (auto& name : model.parameters_without_decay()) skip->insert(name);
     for (auto& [name, var] : model.named_parameters())
-        if (name == "alpha" || (name.size() > 6 && name.compare(name.size() - 6, 6, ".alpha") == 0))
+        if (!decay_alpha && (name == "alpha" || (name.size() > 6 && name.compare(name.size() - 6, 6, ".alpha") == 0)))
             skip->insert(name);
     return [skip](const std::string& name) { return skip->count(name) == 0; };
 }

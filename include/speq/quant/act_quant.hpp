@@ -50,8 +50,8 @@ inline float pact_scale(float alpha, int bits) {
 //   dalpha += sum(dy * [x >= alpha])
 // Boundaries: at x == 0 x gets no gradient (like relu); at x == alpha the gradient goes to alpha,
 // not to x, so each dy reaches at most one of them. As in the PACT paper, the rounding's
-// dependence on alpha (through s) is ignored: alpha only learns from clipped inputs, so on its own
-// it only grows; weight decay on alpha (as PACT uses) is what pulls it back. alpha is checked
+// dependence on alpha (through s) is ignored: alpha learns only from clipped inputs (PACT adds
+// weight decay on alpha to pull it in; speq makes that optional, act_quant.weight_decay). alpha is checked
 // (> 0) on every forward, never clamped here.
 inline Var pact_quantize(const Var& x, const Var& alpha, int bits) {
     using kernels::FloatBatch;

@@ -5,6 +5,7 @@
 
 #include "speq/io/loader.hpp"
 #include "speq/nn/module.hpp"
+#include "speq/ops/losses.hpp"
 
 namespace speq::train {
 

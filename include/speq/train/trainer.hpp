@@ -178,7 +178,10 @@ private:
                 log("initialized from " + config_.init_checkpoint);
             }
             nn::configure_quantization(*model_, quant_config(config_));  // LSQ steps start from these weights
-            for (auto& [name, a] : nn::named_act_quants(*model_)) a->set_alpha(static_cast<float>(config_.act_quant.alpha_init));
+            // From scratch alphas start at alpha_init; a quantized checkpoint's learned alphas are kept.
+            if (config_.init_checkpoint.empty())
+                for (auto& [name, a] : nn::named_act_quants(*model_))
+                    a->set_alpha(static_cast<float>(config_.act_quant.alpha_init));
             if (calibrate && !quant::is_full_precision(config_.act_bits)) calibrate_alphas();
             make_optimizer();
             at_.rng = Rng(static_cast<uint64_t>(config_.seed), /*stream=*/0x5be9).save();
@@ -195,7 +198,7 @@ private:
         o.momentum = static_cast<float>(config_.momentum);
         o.nesterov = config_.nesterov && config_.momentum > 0;
         o.weight_decay = static_cast<float>(config_.weight_decay);
-        sgd_ = std::make_unique<optim::SGD>(model_->named_parameters(), o, nn::weight_decay_filter(*model_));
+        sgd_ = std::make_unique<optim::SGD>(model_->named_parameters(), o, nn::weight_decay_filter(*model_, config_.act_quant.weight_decay));
     }
 
     // Alphas minimizing each layer's quantization error on the first training batch.

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Short ablation behind SPEQ's defaults (results/README.md, "Ablation").
+# Each run: ResNet-20 W2A2 on CIFAR-10, one epoch (390 steps, cosine LR 0.02 -> 0) from the FP
+# checkpoint of results/cifar10_resnet20.sh, seed 0, one thread; JOBS runs side by side.
+# Usage: results/ablation.sh [name ...]   (default: every run below)
+# Env:   SPEQ_BUILD (build folder, default build), FP_CHECKPOINT, OUT (default runs/ablation), JOBS (2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${SPEQ_BUILD:-build}
+fp=${FP_CHECKPOINT:-runs/resnet20_fp/last.safetensors}
+out=${OUT:-runs/ablation}
+jobs=${JOBS:-2}
+[ -f "$fp" ] || { echo "ablation.sh: no FP checkpoint at $fp (run results/cifar10_resnet20.sh fp first)" >&2; exit 1; }
+
+# name | config | overrides (the one thing each run changes from the speq config's defaults)
+runs=(
+  "qat|resnet20_w2a2_qat|"
+  "speq_default|resnet20_w2a2_speq|"
+  "speq_kd4|resnet20_w2a2_speq|--set speq.kd_weight=4"
+  "speq_T2|resnet20_w2a2_speq|--set speq.temperature=2"
+  "speq_u0.25|resnet20_w2a2_speq|--set speq.u=0.25"
+  "speq_u0.75|resnet20_w2a2_speq|--set speq.u=0.75"
+  "speq_kd_only|resnet20_w2a2_speq|--set speq.ce_weight=0"
+  "speq_uniform|resnet20_w2a2_speq|--set speq.draw=uniform --set speq.uniform_low=2 --set speq.uniform_high=8"
+)
+
+selected=("$@")
+mkdir -p "$out"
+for entry in "${runs[@]}"; do
+  IFS='|' read -r name config overrides <<<"$entry"
+  if [ ${#selected[@]} -gt 0 ] && [[ ! " ${selected[*]} " == *" $name "* ]]; then continue; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  echo "ablation: $name ($config $overrides)"
+  # shellcheck disable=SC2086  # overrides are words on purpose
+  "$build/speq-train" --config "configs/$config.json" --set epochs=1 --set threads=1 \
+    --set init_checkpoint="$fp" --set out_dir="$out/$name" $overrides >"$out/$name.log" 2>&1 &
+done
+wait
+python3 results/table.py "$out"/*/summary.json

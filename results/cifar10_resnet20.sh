@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CIFAR-10 ResNet-20 runs of results/README.md: FP (15 epochs, 2 threads), then W2A2 qat and
+# W2A2 speq from that same FP checkpoint with the same epochs and seed, side by side on one
+# thread each; then their curves.
+# Usage: results/cifar10_resnet20.sh [fp] [w2a2]      (default: both stages)
+# Env:   SPEQ_BUILD (default build), QUANT_EPOCHS (epochs of qat and speq, default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${SPEQ_BUILD:-build}
+quant_epochs=${QUANT_EPOCHS:-5}
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(fp w2a2)
+
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    fp)
+      "$build/speq-train" --config configs/resnet20_fp.json --set threads=2 ;;
+    w2a2)
+      for method in qat speq; do
+        "$build/speq-train" --config "configs/resnet20_w2a2_$method.json" --set epochs="$quant_epochs" \
+          --set threads=1 >"runs/resnet20_w2a2_$method.log" 2>&1 &
+      done
+      wait
+      "$build/speq-plot" runs/resnet20_fp/metrics.jsonl runs/resnet20_w2a2_qat/metrics.jsonl \
+        runs/resnet20_w2a2_speq/metrics.jsonl -o runs/resnet20_curves.svg
+      python3 results/table.py runs/resnet20_fp runs/resnet20_w2a2_qat runs/resnet20_w2a2_speq ;;
+    *) echo "cifar10_resnet20.sh: unknown stage '$stage' (fp or w2a2)" >&2; exit 2 ;;
+  esac
+done

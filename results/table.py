@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Prints a Markdown table of speq-train runs from their out_dir files (summary.json, config.json,
+metrics.jsonl). Usage: results/table.py RUN_DIR_OR_SUMMARY_JSON ..."""
+import json
+import os
+import sys
+
+
+def row(path):
+    run = path if os.path.isdir(path) else os.path.dirname(path)
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    config = json.load(open(os.path.join(run, "config.json")))
+    epochs = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if line.strip()]
+    rates = sorted(e["images_per_second"] for e in epochs)
+    bits = "FP" if config["method"] == "fp" else f"W{config['weight_bits']}A{config['act_bits']}"
+    s = config.get("speq", {})
+    setting = ""
+    if config["method"] == "speq":
+        draw = f"u={s['u']:g} n_H={s['high_bits']}" if s["draw"] == "binary" else \
+            f"uniform {s['uniform_low']}..{s['uniform_high']}"
+        setting = f"{draw} T={s['temperature']:g} ce={s['ce_weight']:g} kd={s['kd_weight']:g}"
+    best = max(e["test_top1"] for e in epochs)
+    return [os.path.basename(run.rstrip("/")), config["method"], bits, setting, str(len(epochs)),
+            f"{100 * summary['test_top1']:.2f}", f"{100 * best:.2f}",
+            f"{rates[len(rates) // 2]:.0f}", f"{summary['wall_seconds'] / 60:.1f}"]
+
+
+header = ["run", "method", "bits", "SPEQ setting", "epochs", "final top-1 %", "best top-1 %",
+          "median img/s", "minutes"]
+rows = [row(p) for p in sys.argv[1:]]
+print("| " + " | ".join(header) + " |")
+print("|" + "---|" * len(header))
+for r in rows:
+    print("| " + " | ".join(r) + " |")
