@@ -36,4 +36,10 @@ for entry in "${runs[@]}"; do
     --set init_checkpoint="$fp" --set out_dir="$out/$name" $overrides >"$out/$name.log" 2>&1 &
 done
 wait
-python3 results/table.py "$out"/*/summary.json
+# Keep the small files of every run (not the checkpoints) in results/ablation/.
+for run in "$out"/*/; do
+  name=$(basename "$run")
+  mkdir -p "results/ablation/$name"
+  cp "$run/config.json" "$run/metrics.jsonl" "$run/summary.json" "results/ablation/$name/"
+done
+python3 results/table.py results/ablation/*/ | tee results/ablation/table.md

@@ -2,14 +2,16 @@
 # The CIFAR-10 ResNet-20 runs of results/README.md: FP (15 epochs, 2 threads), then W2A2 qat and
 # W2A2 speq from that same FP checkpoint with the same epochs and seed, side by side on one
 # thread each; then their curves.
-# Usage: results/cifar10_resnet20.sh [fp] [w2a2]      (default: both stages)
-# Env:   SPEQ_BUILD (default build), QUANT_EPOCHS (epochs of qat and speq, default 5)
+# Usage: results/cifar10_resnet20.sh [fp] [w2a2] [collect]      (default: all three)
+# collect copies each run's config.json, metrics.jsonl and summary.json (not the checkpoints)
+# and the curves into results/cifar10_resnet20/.
+# Env:   SPEQ_BUILD (default build), QUANT_EPOCHS (epochs of qat and speq, default 6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${SPEQ_BUILD:-build}
-quant_epochs=${QUANT_EPOCHS:-5}
+quant_epochs=${QUANT_EPOCHS:-6}
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(fp w2a2)
+[ ${#stages[@]} -gt 0 ] || stages=(fp w2a2 collect)
 
 for stage in "${stages[@]}"; do
   case "$stage" in
@@ -24,6 +26,12 @@ for stage in "${stages[@]}"; do
       "$build/speq-plot" runs/resnet20_fp/metrics.jsonl runs/resnet20_w2a2_qat/metrics.jsonl \
         runs/resnet20_w2a2_speq/metrics.jsonl -o runs/resnet20_curves.svg
       python3 results/table.py runs/resnet20_fp runs/resnet20_w2a2_qat runs/resnet20_w2a2_speq ;;
-    *) echo "cifar10_resnet20.sh: unknown stage '$stage' (fp or w2a2)" >&2; exit 2 ;;
+    collect)
+      for run in resnet20_fp resnet20_w2a2_qat resnet20_w2a2_speq; do
+        mkdir -p "results/cifar10_resnet20/$run"
+        cp "runs/$run/config.json" "runs/$run/metrics.jsonl" "runs/$run/summary.json" "results/cifar10_resnet20/$run/"
+      done
+      cp runs/resnet20_curves.svg results/cifar10_resnet20/curves.svg ;;
+    *) echo "cifar10_resnet20.sh: unknown stage '$stage' (fp, w2a2 or collect)" >&2; exit 2 ;;
   esac
 done
