@@ -51,14 +51,14 @@ std::string read_bytes(const fs::path& path) {
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-std::vector<std::string> lines_of(const fs::path& file) {
+[[maybe_unused]] std::vector<std::string> lines_of(const fs::path& file) {
     std::ifstream in(file);
     std::vector<std::string> out;
     for (std::string line; std::getline(in, line);) out.push_back(line);
     return out;
 }
 
-nlohmann::json timeless(const std::string& line) {
+[[maybe_unused]] nlohmann::json timeless(const std::string& line) {
     nlohmann::json j = nlohmann::json::parse(line);
     j.erase("wall_seconds");
     j.erase("images_per_second");
@@ -158,7 +158,7 @@ Child spawn(const std::vector<std::string>& args) {
 }
 
 // Runs to the end; returns the exit code (or 128 + signal) and the output.
-int run(const std::vector<std::string>& args, std::string* output = nullptr) {
+[[maybe_unused]] int run(const std::vector<std::string>& args, std::string* output = nullptr) {
     Child c = spawn(args);
     const int status = c.finish();
     if (output) *output = c.output;
@@ -166,7 +166,7 @@ int run(const std::vector<std::string>& args, std::string* output = nullptr) {
 }
 
 // The line after "prefix" in `text` (to the end of that line), or "".
-std::string line_after(const std::string& text, const std::string& prefix) {
+[[maybe_unused]] std::string line_after(const std::string& text, const std::string& prefix) {
     const size_t at = text.find(prefix);
     if (at == std::string::npos) return "";
     const size_t begin = at + prefix.size();
