@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Short ablation behind SPEQ's defaults (results/README.md, "Ablation").
 # Each run: ResNet-20 W2A2 on CIFAR-10, one epoch (390 steps, cosine LR 0.02 -> 0) from the FP
-# checkpoint of results/cifar10_resnet20.sh, seed 0, one thread; JOBS runs side by side.
+# checkpoint of results/cifar10_resnet20.sh, seed 0 (1 and 2 for the noise runs), one thread;
+# JOBS runs side by side.
 # Usage: results/ablation.sh [name ...]   (default: every run below)
 # Env:   SPEQ_BUILD (build folder, default build), FP_CHECKPOINT, OUT (default runs/ablation), JOBS (2)
 set -euo pipefail
@@ -22,6 +23,11 @@ runs=(
   "speq_u0.75|resnet20_w2a2_speq|--set speq.u=0.75"
   "speq_kd_only|resnet20_w2a2_speq|--set speq.ce_weight=0"
   "speq_uniform|resnet20_w2a2_speq|--set speq.draw=uniform --set speq.uniform_low=2 --set speq.uniform_high=8"
+  # The noise to read the table against: QAT and SPEQ again with other data orders.
+  "qat_seed1|resnet20_w2a2_qat|--set seed=1"
+  "speq_default_seed1|resnet20_w2a2_speq|--set seed=1"
+  "qat_seed2|resnet20_w2a2_qat|--set seed=2"
+  "speq_default_seed2|resnet20_w2a2_speq|--set seed=2"
 )
 
 selected=("$@")
