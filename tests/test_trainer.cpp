@@ -59,6 +59,24 @@ nlohmann::json timeless(const std::string& line) {
     return j;
 }
 
+// A one-step run of tiny_config on its own small data set; returns its last.safetensors.
+std::string one_step_checkpoint(const TempDir& tmp, uint64_t seed) {
+    write_split(tmp.path, "train", 64, seed);
+    write_split(tmp.path, "t10k", 32, seed + 1);
+    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");
+    c.max_steps = 1;
+    train::Trainer(c, false).run();
+    return (tmp.path / "run" / "last.safetensors").string();
+}
+
+// Writes `file`'s tensors to `path` again, with `metadata` instead of its own.
+void save_tensor_file(const io::TensorFile& file, const std::string& path,
+                      const std::map<std::string, std::string>& metadata) {
+    io::NamedConstTensors tensors;
+    for (const auto& [name, t] : file.tensors) tensors.push_back({name, &t});
+    io::save_safetensors(path, tensors, metadata);
+}
+
 }  // namespace
 
 TEST_CASE("trainer: a run interrupted mid-epoch and resumed matches an uninterrupted run exactly") {
@@ -140,19 +158,14 @@ TEST_CASE("trainer: resuming with a different experiment config is refused, nami
 
 TEST_CASE("trainer: --resume from a safetensors file that is not a speq checkpoint names what is missing") {
     TempDir tmp("not_a_checkpoint");
-    write_split(tmp.path, "train", 64, 7);
-    write_split(tmp.path, "t10k", 32, 8);
-    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");
+    const std::string last = one_step_checkpoint(tmp, 7);
+    const io::TensorFile good = io::load_safetensors(last);
+    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");  // the run one_step_checkpoint made
     c.max_steps = 1;
-    train::Trainer(c, false).run();
-    const std::string last = (tmp.path / "run" / "last.safetensors").string();
-    io::TensorFile good = io::load_safetensors(last);
 
     // Same tensors, metadata edited: each case must be refused with the file and the key named.
-    auto resume_with = [&](std::map<std::string, std::string> metadata) {
-        io::NamedConstTensors tensors;
-        for (const auto& [name, t] : good.tensors) tensors.push_back({name, &t});
-        io::save_safetensors(last, tensors, metadata);
+    auto resume_with = [&](const std::map<std::string, std::string>& metadata) {
+        save_tensor_file(good, last, metadata);
         train::Trainer(c, true).run();
     };
     std::map<std::string, std::string> meta = good.metadata;
@@ -173,23 +186,15 @@ TEST_CASE("trainer: starting from a quantized checkpoint keeps its learned PACT 
         return name.rfind("optimizer.", 0) != 0 && name.size() > 6 && name.compare(name.size() - 6, 6, ".alpha") == 0;
     };
     TempDir tmp("keep_alphas");
-    write_split(tmp.path, "train", 64, 9);
-    write_split(tmp.path, "t10k", 32, 10);
-    io::TrainConfig first = tiny_config(tmp.path, tmp.path / "w2a2");
-    first.max_steps = 1;
-    train::Trainer(first, false).run();
+    const std::string path = one_step_checkpoint(tmp, 9);
 
     // Give every alpha a value that neither alpha_init (6) nor calibration would produce.
-    const std::string path = (tmp.path / "w2a2" / "last.safetensors").string();
     io::TensorFile file = io::load_safetensors(path);
-    io::NamedConstTensors tensors;
     int alphas = 0;
-    for (auto& [name, t] : file.tensors) {
+    for (auto& [name, t] : file.tensors)
         if (is_model_alpha(name)) t.fill(2.5f), ++alphas;
-        tensors.push_back({name, &t});
-    }
     REQUIRE(alphas > 0);
-    io::save_safetensors(path, tensors, file.metadata);
+    save_tensor_file(file, path, file.metadata);
 
     io::TrainConfig next = tiny_config(tmp.path, tmp.path / "qat");
     next.method = io::Method::qat;
