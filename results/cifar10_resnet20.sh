@@ -5,11 +5,15 @@
 # Usage: results/cifar10_resnet20.sh [fp] [w2a2] [collect]      (default: all three)
 # collect copies each run's config.json, metrics.jsonl and summary.json (not the checkpoints)
 # and the curves into results/cifar10_resnet20/.
-# Env:   SPEQ_BUILD (default build), QUANT_EPOCHS (epochs of qat and speq, default 6)
+# Env:   SPEQ_BUILD (default build), QUANT_EPOCHS (epochs of qat and speq, default 6). Runs with
+#        another QUANT_EPOCHS go to runs/resnet20_w2a2_<method>_<N>ep (and collect copies those,
+#        with the same QUANT_EPOCHS set, to results/cifar10_resnet20/resnet20_w2a2_<method>_<N>ep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${SPEQ_BUILD:-build}
 quant_epochs=${QUANT_EPOCHS:-6}
+suffix=""
+[ "$quant_epochs" = 6 ] || suffix="_${quant_epochs}ep"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(fp w2a2 collect)
 
@@ -20,18 +24,19 @@ for stage in "${stages[@]}"; do
     w2a2)
       for method in qat speq; do
         "$build/speq-train" --config "configs/resnet20_w2a2_$method.json" --set epochs="$quant_epochs" \
-          --set threads=1 >"runs/resnet20_w2a2_$method.log" 2>&1 &
+          --set threads=1 --set out_dir="runs/resnet20_w2a2_$method$suffix" >"runs/resnet20_w2a2_$method$suffix.log" 2>&1 &
       done
       wait
-      "$build/speq-plot" runs/resnet20_fp/metrics.jsonl runs/resnet20_w2a2_qat/metrics.jsonl \
-        runs/resnet20_w2a2_speq/metrics.jsonl -o runs/resnet20_curves.svg
-      python3 results/table.py runs/resnet20_fp runs/resnet20_w2a2_qat runs/resnet20_w2a2_speq ;;
+      "$build/speq-plot" runs/resnet20_fp/metrics.jsonl "runs/resnet20_w2a2_qat$suffix/metrics.jsonl" \
+        "runs/resnet20_w2a2_speq$suffix/metrics.jsonl" -o "runs/resnet20_curves$suffix.svg"
+      python3 results/table.py runs/resnet20_fp "runs/resnet20_w2a2_qat$suffix" "runs/resnet20_w2a2_speq$suffix" ;;
     collect)
-      for run in resnet20_fp resnet20_w2a2_qat resnet20_w2a2_speq; do
+      for run in resnet20_fp "resnet20_w2a2_qat$suffix" "resnet20_w2a2_speq$suffix"; do
         mkdir -p "results/cifar10_resnet20/$run"
         cp "runs/$run/config.json" "runs/$run/metrics.jsonl" "runs/$run/summary.json" "results/cifar10_resnet20/$run/"
+        [ ! -f "runs/$run/eval_bits.jsonl" ] || cp "runs/$run/eval_bits.jsonl" "results/cifar10_resnet20/$run/"
       done
-      cp runs/resnet20_curves.svg results/cifar10_resnet20/curves.svg ;;
+      cp "runs/resnet20_curves$suffix.svg" "results/cifar10_resnet20/curves$suffix.svg" ;;
     *) echo "cifar10_resnet20.sh: unknown stage '$stage' (fp, w2a2 or collect)" >&2; exit 2 ;;
   esac
 done

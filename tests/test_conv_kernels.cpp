@@ -1,5 +1,6 @@
 // The fast convolution kernels against their plain versions: im2col / col2im_add (shifted-copy
-// path vs the general loops). Exact equality: both only copy or add the same numbers.
+// path vs the general loops; exact equality: both only copy or add the same numbers), and the
+// direct convolution (kernels/conv_direct.hpp) against kernels/conv_reference.hpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -75,4 +76,66 @@ TEST_CASE("conv2d: dx by the flipped-kernel convolution (stride 1, same padding)
             REQUIRE(x.grad()[i] == doctest::Approx(1.0f + ref.dx[i]).epsilon(1e-5));
         }
     }
+}
+
+TEST_CASE("conv2d: the direct kernel (stride 1, same padding) matches the reference, forward and backward") {
+    struct Case {
+        int64_t n, c, h, w, k, ksize;
+    };
+    // H*W a multiple of 16 so that the direct path applies with AVX2 (8 lanes) and AVX-512 (16).
+    const std::vector<Case> cases = {
+        {2, 3, 4, 8, 16, 3},   // K = 16: channel tiles of 6, 6, 4
+        {1, 5, 8, 8, 7, 3},    // K = 7: tiles of 6 and 1
+        {2, 4, 10, 8, 13, 3},  // 80 pixels: a 4-batch pixel tile, then single batches (with 16 lanes)
+        {1, 2, 16, 1, 3, 3},   // one column: every sideways shift leaves the image
+        {1, 2, 16, 1, 16, 3},  // the same with K = 16: the direct weight gradient too
+        {1, 3, 4, 4, 5, 5},    // 5x5, padding 2, image barely bigger than the kernel
+        {3, 16, 8, 8, 32, 3},  // a ResNet stage-3-like shape, small (K = 32: direct weight gradient)
+        {2, 3, 8, 8, 48, 3},   // K = 48: weight-gradient tiles of 2 batches and of 1 (16 lanes)
+    };
+    Rng rng(17);
+    for (const Case& t : cases) {
+        INFO("x [", t.n, ", ", t.c, ", ", t.h, ", ", t.w, "], ", t.k, " kernels ", t.ksize, "x", t.ksize);
+        const int padding = static_cast<int>(t.ksize / 2);
+        const auto g = kernels::ConvGeometry::make(t.c, t.h, t.w, t.ksize, t.ksize, 1, padding);
+        REQUIRE(kernels::direct_conv_applies(g));
+        INFO("direct weight gradient: ", kernels::direct_weight_grad_applies(g, t.k));
+        Var x = Var::parameter(randn({t.n, t.c, t.h, t.w}, rng));
+        Var w = Var::parameter(randn({t.k, t.c, t.ksize, t.ksize}, rng));
+        Var b = Var::parameter(randn({t.k}, rng));
+        Var y = conv2d(x, w, b, {1, padding});
+        const Tensor expected = kernels::conv2d_reference(x.value(), w.value(), b.value(), 1, padding);
+        for (int64_t i = 0; i < expected.numel(); ++i) {
+            INFO("y element ", i);
+            REQUIRE(y.value()[i] == doctest::Approx(expected[i]).epsilon(1e-5));
+        }
+        const Tensor dy = randn(y.shape(), rng);
+        const kernels::ConvReferenceGrads ref = kernels::conv2d_reference_backward(x.value(), w.value(), dy, 1, padding);
+        x.grad_for_accumulate().fill(1.0f);  // the direct dx adds to what is there
+        backward(y, dy);
+        for (int64_t i = 0; i < ref.dx.numel(); ++i) {
+            INFO("dx element ", i);
+            REQUIRE(x.grad()[i] == doctest::Approx(1.0f + ref.dx[i]).epsilon(1e-5));
+        }
+        for (int64_t i = 0; i < ref.dw.numel(); ++i) {
+            INFO("dw element ", i);
+            REQUIRE(w.grad()[i] == doctest::Approx(ref.dw[i]).epsilon(1e-5));
+        }
+    }
+}
+
+TEST_CASE("direct convolution: shifted copies hold the image moved sideways, zeros outside") {
+    // A 2x3 image, 3x3 kernel, padding 1: copy j is the image moved by j - 1 columns, between one
+    // zero row above and one below.
+    const auto g = kernels::ConvGeometry::make(1, 2, 3, 3, 3, 1, 1);
+    const float image[] = {1, 2, 3,
+                           4, 5, 6};
+    std::vector<float> shifted(kernels::shifted_copies_size(g), NAN);
+    kernels::make_shifted_copies(g, image, shifted.data());
+    const std::vector<float> expected = {
+        0, 0, 0,  0, 1, 2,  0, 4, 5,  0, 0, 0,   // j = 0: x[r, w - 1]
+        0, 0, 0,  1, 2, 3,  4, 5, 6,  0, 0, 0,   // j = 1: x[r, w]
+        0, 0, 0,  2, 3, 0,  5, 6, 0,  0, 0, 0,   // j = 2: x[r, w + 1]
+    };
+    CHECK(shifted == expected);
 }

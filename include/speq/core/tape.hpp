@@ -58,6 +58,16 @@ public:
         if (node_->grad.empty()) node_->grad = Tensor::zeros(node_->value.shape());
         return node_->grad;
     }
+    // For a backward step that computes the whole gradient of this Var in one pass: when there is
+    // none yet, it is created *uninitialized* and `fresh` is set, and the step must write every
+    // element (out = g); otherwise the existing gradient is returned, `fresh` is cleared, and the
+    // step adds to it (out += g). This saves the zero-fill and the read of zeros that
+    // grad_for_accumulate costs on the first (in a ResNet, usually the only) contribution.
+    Tensor& grad_for_write(bool& fresh) const {
+        fresh = node_->grad.empty();
+        if (fresh) node_->grad = Tensor::uninitialized(node_->value.shape());
+        return node_->grad;
+    }
     void zero_grad() const {
         if (has_grad()) node_->grad.fill(0.0f);
     }

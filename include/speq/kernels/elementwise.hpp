@@ -5,6 +5,11 @@
 //                                                  function f_of_row(r) for row r (a per-row scale)
 //   map_serial(n, out, f, a, b, ...)               map on the calling thread (inside parallel loops)
 //
+//   map_into_grad(fresh, n, out, f, a, ...)        out[i] = f(out[i], a[i], ...), or f(0, a[i], ...)
+//                                                  without reading out when `fresh` (a gradient
+//                                                  just made by Var::grad_for_write); also
+//                                                  map_serial_into_grad
+//
 // f receives xsimd batches (8 floats with AVX2, 16 with AVX-512) and must use only arithmetic
 // and xsimd functions, so the same lambda serves the body and the tail. The tail is copied into
 // a small padded buffer, run as one batch, and copied back: no scalar duplicate of f to drift.
@@ -79,6 +84,24 @@ void map_rows(int64_t rows, int64_t inner, float* out, MakeF&& f_of_row, const I
 template <class F, class... In>
 void map(int64_t n, float* out, F&& f, const In*... in) {
     map_rows(1, n, out, [&](int64_t) -> auto& { return f; }, in...);
+}
+
+// How a backward step writes a gradient it got from Var::grad_for_write: f takes the gradient's
+// old value first. Fresh: out[i] = f(0, a[i], ...) and out (uninitialized) is never read;
+// otherwise out[i] = f(out[i], a[i], ...).
+template <class F, class... In>
+void map_serial_into_grad(bool fresh, int64_t n, float* out, F&& f, const In*... in) {
+    if (fresh)
+        map_serial(n, out, [&f](auto... v) { return f(FloatBatch(0.0f), v...); }, in...);
+    else
+        map_serial(n, out, f, out, in...);
+}
+template <class F, class... In>
+void map_into_grad(bool fresh, int64_t n, float* out, F&& f, const In*... in) {
+    if (fresh)
+        map(n, out, [&f](auto... v) { return f(FloatBatch(0.0f), v...); }, in...);
+    else
+        map(n, out, f, out, in...);
 }
 
 // dst[i] += src[i]: how most backward steps hand a gradient on.

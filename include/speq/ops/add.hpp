@@ -21,7 +21,10 @@ inline Var add(const Var& a, const Var& b) {
             if (!out.has_grad()) return;
             auto accumulate = [&](const Var& input) {
                 if (!input.requires_grad()) return;
-                kernels::accumulate(out.numel(), input.grad_for_accumulate().data(), out.grad().data());
+                bool fresh;
+                float* d = input.grad_for_write(fresh).data();
+                kernels::map_into_grad(fresh, out.numel(), d, [](FloatBatch d_, FloatBatch dy_) { return d_ + dy_; },
+                                       out.grad().data());
             };
             accumulate(a);
             accumulate(b);

@@ -104,7 +104,8 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
             if (!out.has_grad()) return;
             const float* xd = x.value().data();
             const float* dy = out.grad().data();
-            float* dx = x.requires_grad() ? x.grad_for_accumulate().data() : nullptr;
+            bool dx_fresh = false;  // dx is written whole (every channel, every image) below
+            float* dx = x.requires_grad() ? x.grad_for_write(dx_fresh).data() : nullptr;
             float* dgamma = gamma.requires_grad() ? gamma.grad_for_accumulate().data() : nullptr;
             float* dbeta = beta.requires_grad() ? beta.grad_for_accumulate().data() : nullptr;
             parallel_for(0, C, [&](int64_t c) {
@@ -127,13 +128,13 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
                 const float mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
                 for (int64_t n = 0; n < N; ++n) {
                     const int64_t at = plane(n, c);
-                    kernels::map_serial(
-                        HW, dx + at,
+                    kernels::map_serial_into_grad(
+                        dx_fresh, HW, dx + at,
                         [=](FloatBatch d, FloatBatch g, FloatBatch v) {
                             FloatBatch xhat = (v - FloatBatch(m)) * FloatBatch(is);
                             return d + FloatBatch(k) * (g - FloatBatch(mean_dy) - xhat * FloatBatch(mean_dy_xhat));
                         },
-                        dx + at, dy + at, xd + at);
+                        dy + at, xd + at);
                 }
             });
         });

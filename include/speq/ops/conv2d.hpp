@@ -1,4 +1,5 @@
-// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch), by im2col + GEMM.
+// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch): direct for stride 1 with
+// "same" padding (kernels/conv_direct.hpp), by im2col + GEMM otherwise.
 #pragma once
 
 #include <algorithm>
@@ -6,6 +7,7 @@
 
 #include "speq/core/tape.hpp"
 #include "speq/core/threads.hpp"
+#include "speq/kernels/conv_direct.hpp"
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/gemm.hpp"
 #include "speq/kernels/im2col.hpp"
@@ -70,14 +72,18 @@ inline Tensor flip_kernel(const Tensor& w) {
 //
 // Per image n, with col_n = im2col(x_n): [C*kh*kw, H'W'] and W viewed as [K, C*kh*kw]:
 //   y_n = W col_n + b                                   ([K, H'W'])
+// (For stride 1 with "same" padding the same sum is computed without col: kernels/conv_direct.hpp.)
 //
 // Backward, with dy_n = dL/dy_n ([K, H'W']):
 //   dx_n += col2im(W^T dy_n)       (col2im is the adjoint of im2col)
 //           For stride 1 with "same" padding (kh = 2*padding + 1, kw likewise: ResNet's 3x3 convs)
 //           this equals a forward convolution of dy_n with the flipped, transposed kernel
 //           Wf[c, k, i, j] = W[k, c, kh-1-i, kw-1-j]:  dx_n += Wf im2col(dy_n), which replaces the
-//           slow scatter-add of col2im by a copy and gives the GEMM depth K*kh*kw instead of K.
+//           slow scatter-add of col2im by a copy and gives the GEMM depth K*kh*kw instead of K;
+//           the direct kernel computes this convolution too, without im2col(dy_n).
 //   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
+//           For 3x3 on the direct path, without col: kernels/conv_direct.hpp sums it from the
+//           shifted copies of x_n and dy_n transposed, into dW^T [C*kh*kw, K] per group.
 //   db   += sum_{n, h', w'} dy[n, :, h', w']
 // The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
 inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOptions options = {}) {
@@ -92,7 +98,17 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const float* wp = weight.value().data();
         const float* bp = bias.defined() ? bias.value().data() : nullptr;
         float* yp = y.data();
+        const bool direct = kernels::direct_conv_applies(g);
+        const Tensor packed = direct ? kernels::pack_weights_for_direct(weight.value(), false) : Tensor();
         parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
+            if (direct) {
+                Tensor shifted = Tensor::uninitialized({kernels::shifted_copies_size(g)});
+                for (int64_t n = first; n < last; ++n) {
+                    kernels::make_shifted_copies(g, xp + n * g.image_size(), shifted.data());
+                    kernels::direct_conv_image(g, shifted.data(), packed.data(), K, bp, yp + n * K * P, false);
+                }
+                return;
+            }
             Tensor col = g.is_pointwise() ? Tensor() : Tensor::uninitialized({R, P});
             for (int64_t n = first; n < last; ++n) {
                 const float* x_n = xp + n * g.image_size();
@@ -117,8 +133,10 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const float* wp = weight.value().data();
         const float* dy = out.grad().data();
         // Gradients are fetched (created) here, outside the parallel loop.
-        float* dx = need_dx ? x.grad_for_accumulate().data() : nullptr;
-        Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();
+        bool dx_fresh = false;  // a new dx is written, not added to (every path below covers each image)
+        float* dx = need_dx ? x.grad_for_write(dx_fresh).data() : nullptr;
+        const bool dw_direct = need_dw && kernels::direct_weight_grad_applies(g, K);
+        Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();  // [groups, R, K] if dw_direct
         Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
 
         // The "same"-padding case of dx: dy_n is convolved with the flipped kernel (see above).
@@ -126,30 +144,47 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                                 g.kernel_h == 2 * g.padding + 1 && g.kernel_w == 2 * g.padding + 1;
         const kernels::ConvGeometry gt =
             kernels::ConvGeometry::make(K, g.out_h, g.out_w, g.kernel_h, g.kernel_w, 1, g.padding);
-        Tensor flipped = dx_by_conv ? detail::flip_kernel(weight.value()) : Tensor();  // [C, K*kh*kw]
+        const bool dx_direct = dx_by_conv && kernels::direct_conv_applies(gt);
+        // [C, K*kh*kw] for im2col + GEMM; [K*kh*kw, C] for the direct kernel
+        Tensor flipped = dx_direct    ? kernels::pack_weights_for_direct(weight.value(), true)
+                         : dx_by_conv ? detail::flip_kernel(weight.value())
+                                      : Tensor();
 
         parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
-            const bool use_col = need_dw && !g.is_pointwise();
+            const bool use_col = need_dw && !g.is_pointwise() && !dw_direct;
             const bool use_dcol = need_dx && !g.is_pointwise() && !dx_by_conv;
-            Tensor col = use_col ? Tensor::uninitialized({R, P}) : Tensor();
+            Tensor col = use_col     ? Tensor::uninitialized({R, P})
+                         : dw_direct ? Tensor::uninitialized({kernels::shifted_copies_size(g)})
+                                     : Tensor();
+            Tensor dy_t = dw_direct ? Tensor::uninitialized({P, K}) : Tensor();  // dy_n transposed
             Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();
-            Tensor dy_col = dx_by_conv ? Tensor::uninitialized({gt.col_rows(), gt.col_cols()}) : Tensor();
+            Tensor dy_col = dx_direct    ? Tensor::uninitialized({kernels::shifted_copies_size(gt)})
+                            : dx_by_conv ? Tensor::uninitialized({gt.col_rows(), gt.col_cols()})
+                                         : Tensor();
             for (int64_t n = first; n < last; ++n) {
                 const float* dy_n = dy + n * K * P;
                 if (need_dx) {  // dx_n += col2im(W^T dy_n); for a pointwise conv col2im is the identity
                     float* dx_n = dx + n * g.image_size();
-                    if (dx_by_conv) {  // dx_n += Wf im2col(dy_n)
+                    if (dx_direct) {  // the same convolution, by the direct kernel
+                        kernels::make_shifted_copies(gt, dy_n, dy_col.data());
+                        kernels::direct_conv_image(gt, dy_col.data(), flipped.data(), g.channels, nullptr, dx_n, !dx_fresh);
+                    } else if (dx_by_conv) {  // dx_n += Wf im2col(dy_n)
                         kernels::im2col(gt, dy_n, dy_col.data());
                         kernels::gemm_nn(g.channels, gt.col_cols(), gt.col_rows(), flipped.data(), dy_col.data(), dx_n,
-                                         true);
+                                         !dx_fresh);
                     } else if (use_dcol) {
                         kernels::gemm_tn(R, P, K, wp, dy_n, dcol.data(), false);
+                        if (dx_fresh) std::fill(dx_n, dx_n + g.image_size(), 0.0f);  // col2im only adds
                         kernels::col2im_add(g, dcol.data(), dx_n);
                     } else {
-                        kernels::gemm_tn(R, P, K, wp, dy_n, dx_n, true);
+                        kernels::gemm_tn(R, P, K, wp, dy_n, dx_n, !dx_fresh);
                     }
                 }
-                if (need_dw) {  // dW_group += dy_n col_n^T
+                if (dw_direct) {  // dW^T_group += the direct kernel's sum for image n
+                    kernels::make_shifted_copies(g, xp + n * g.image_size(), col.data());
+                    kernels::detail::Mat(dy_t.data(), P, K) = kernels::detail::ConstMat(dy_n, K, P).transpose();
+                    kernels::direct_weight_grad_image(g, col.data(), dy_t.data(), K, dw_parts.data() + group * R * K);
+                } else if (need_dw) {  // dW_group += dy_n col_n^T
                     const float* x_n = xp + n * g.image_size();
                     if (use_col) kernels::im2col(g, x_n, col.data());
                     kernels::gemm_nt(K, R, P, dy_n, use_col ? col.data() : x_n,
@@ -167,14 +202,21 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         });
 
         // The group partials, added in group order: the same bits for any thread count.
-        auto add_parts = [groups](Tensor& parts, const Var& param) {
+        auto add_parts = [groups](Tensor& parts, const Var& param, bool transposed) {
             const int64_t size = parts.numel() / groups;
             for (int64_t p = 1; p < groups; ++p)
                 kernels::accumulate(size, parts.data(), parts.data() + p * size);
-            kernels::accumulate(size, param.grad_for_accumulate().data(), parts.data());
+            if (transposed) {  // [R, K] -> [K, R]
+                Tensor sum = Tensor::uninitialized({param.value().dim(0), size / param.value().dim(0)});
+                kernels::detail::Mat(sum.data(), sum.dim(0), sum.dim(1)) =
+                    kernels::detail::ConstMat(parts.data(), sum.dim(1), sum.dim(0)).transpose();
+                kernels::accumulate(size, param.grad_for_accumulate().data(), sum.data());
+            } else {
+                kernels::accumulate(size, param.grad_for_accumulate().data(), parts.data());
+            }
         };
-        if (need_dw) add_parts(dw_parts, weight);
-        if (need_db) add_parts(db_parts, bias);
+        if (need_dw) add_parts(dw_parts, weight, dw_direct);
+        if (need_db) add_parts(db_parts, bias, false);
     });
     return out;
 }

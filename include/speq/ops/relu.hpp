@@ -20,13 +20,14 @@ inline Var relu(const Var& x) {
     if (out.requires_grad()) {
         tape().record([x, out] {
             if (!out.has_grad() || !x.requires_grad()) return;
-            float* dx = x.grad_for_accumulate().data();
-            kernels::map(
-                out.numel(), dx,
+            bool fresh;
+            float* dx = x.grad_for_write(fresh).data();
+            kernels::map_into_grad(
+                fresh, out.numel(), dx,
                 [](FloatBatch dx_, FloatBatch y_, FloatBatch dy_) {
                     return dx_ + xsimd::select(y_ > FloatBatch(0.0f), dy_, FloatBatch(0.0f));
                 },
-                dx, out.value().data(), out.grad().data());
+                out.value().data(), out.grad().data());
         });
     }
     return out;

@@ -77,7 +77,8 @@ inline Var pact_quantize(const Var& x, const Var& alpha, int bits) {
             const int64_t count = out.numel();
             const float* xv = x.value().data();
             const float* dy = out.grad().data();
-            float* dx = x.requires_grad() ? x.grad_for_accumulate().data() : nullptr;
+            bool dx_fresh = false;
+            float* dx = x.requires_grad() ? x.grad_for_write(dx_fresh).data() : nullptr;
             const FloatBatch zero(0.0f), top(a);
             // One fused pass: dx (if wanted) and the pieces of dalpha, added in piece order.
             auto step = [=](FloatBatch dx_, FloatBatch x_, FloatBatch dy_) {
@@ -85,6 +86,9 @@ inline Var pact_quantize(const Var& x, const Var& alpha, int bits) {
                 return std::make_pair(dx_ + xsimd::select(inside, dy_, zero), xsimd::select(x_ >= top, dy_, zero));
             };
             const std::vector<double> dalpha = kernels::row_sums(1, count, [&](int64_t, int64_t b, int64_t e) {
+                if (dx && dx_fresh)  // dx is new: computed from 0, its uninitialized values never read
+                    return kernels::map_and_sum(
+                        e - b, dx + b, [&](FloatBatch x_, FloatBatch dy_) { return step(zero, x_, dy_); }, xv + b, dy + b);
                 if (dx) return kernels::map_and_sum(e - b, dx + b, step, dx + b, xv + b, dy + b);
                 return kernels::map_and_sum(e - b, nullptr, step, xv + b, xv + b, dy + b);  // no dx: x as filler
             });
