@@ -88,10 +88,10 @@ TEST_CASE("conv2d: the direct kernel (stride 1, same padding) matches the refere
         {1, 5, 8, 8, 7, 3},    // K = 7: tiles of 6 and 1
         {2, 4, 10, 8, 13, 3},  // 80 pixels: a 4-batch pixel tile, then single batches (with 16 lanes)
         {1, 2, 16, 1, 3, 3},   // one column: every sideways shift leaves the image
-        {1, 2, 16, 1, 16, 3},  // the same with K = 16: the direct weight gradient too
+        {1, 8, 16, 1, 16, 3},  // the same with C = 8, K = 16: the direct weight gradient too
         {1, 3, 4, 4, 5, 5},    // 5x5, padding 2, image barely bigger than the kernel
         {3, 16, 8, 8, 32, 3},  // a ResNet stage-3-like shape, small (K = 32: direct weight gradient)
-        {2, 3, 8, 8, 48, 3},   // K = 48: weight-gradient tiles of 2 batches and of 1 (16 lanes)
+        {2, 8, 8, 8, 48, 3},   // K = 48: weight-gradient tiles of 2 batches and of 1 (16 lanes)
     };
     // Sums of up to 288 products of N(0, 1) numbers (|terms| ~ 17) in another order than the
     // reference's double sums: float rounding reaches ~2e-5, whatever the compiler contracts.
@@ -141,4 +141,31 @@ TEST_CASE("direct convolution: shifted copies hold the image moved sideways, zer
         0, 0, 0,  2, 3, 0,  5, 6, 0,  0, 0, 0,   // j = 2: x[r, w + 1]
     };
     CHECK(shifted == expected);
+}
+
+TEST_CASE("conv2d: the direct weight gradient of stride-2 3x3 convs matches the reference") {
+    struct Case {
+        int64_t n, c, h, w, k;
+    };
+    // Even and odd sizes (the last output pixel's taps reach the bottom/right padding or not).
+    const std::vector<Case> cases = {{2, 8, 8, 8, 16}, {1, 16, 7, 9, 32}, {3, 8, 6, 5, 48}};
+    Rng rng(23);
+    for (const Case& t : cases) {
+        INFO("x [", t.n, ", ", t.c, ", ", t.h, ", ", t.w, "], ", t.k, " kernels 3x3, stride 2");
+        REQUIRE(kernels::direct_weight_grad_applies(kernels::ConvGeometry::make(t.c, t.h, t.w, 3, 3, 2, 1), t.k));
+        Var x = Var::parameter(randn({t.n, t.c, t.h, t.w}, rng));
+        Var w = Var::parameter(randn({t.k, t.c, 3, 3}, rng));
+        Var y = conv2d(x, w, Var(), {2, 1});
+        const Tensor dy = randn(y.shape(), rng);
+        const kernels::ConvReferenceGrads ref = kernels::conv2d_reference_backward(x.value(), w.value(), dy, 2, 1);
+        backward(y, dy);
+        for (int64_t i = 0; i < ref.dw.numel(); ++i) {
+            INFO("dw element ", i);
+            REQUIRE(w.grad()[i] == doctest::Approx(ref.dw[i]).epsilon(1e-4));
+        }
+        for (int64_t i = 0; i < ref.dx.numel(); ++i) {
+            INFO("dx element ", i);
+            REQUIRE(x.grad()[i] == doctest::Approx(ref.dx[i]).epsilon(1e-4));
+        }
+    }
 }

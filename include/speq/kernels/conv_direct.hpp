@@ -183,17 +183,21 @@ inline void direct_conv_image(const ConvGeometry& g, const float* shifted, const
 
 // ---- Weight gradient ----------------------------------------------------------------------
 //
-//   dW[k, c, i, j] = sum_p dy[k, p] * x[c, oh + i - padding, ow + j - padding]
-//                  = sum_p shifted[c, j][p + i*W] * dyT[p, k]
+//   dW[k, c, i, j] = sum_p dy[k, p] * x[c, oh*s + i - padding, ow*s + j - padding]
+//                  = sum_p shifted[c, j][(oh*s + i)*W + ow*s] * dyT[p, k]      (p = oh*W' + ow)
 //
 // vectorized over output channels k: dy is first transposed to dyT [P, K] so that the K values of
 // a pixel are adjacent. One tile is the kh*kw taps of one input channel c times KV batches of k,
-// summed in registers over every pixel of the image (a broadcast input value times a loaded dyT
-// batch), then added to dwT [C*kh*kw, K]. Applies to 3x3 kernels with K a multiple of the SIMD
-// width (every ResNet-20 conv on the direct path); ops/conv2d.hpp uses im2col + GEMM otherwise.
+// summed in registers over every output pixel of the image (a broadcast input value times a loaded
+// dyT batch), then added to dwT [C*kh*kw, K]. Applies to 3x3 kernels with padding 1, stride 1 or 2
+// (the downsampling convs too: the shifted copies are of the input, whatever the stride), K a
+// multiple of the SIMD width, and enough taps (C*9 >= 4 batches) that the FMAs outweigh
+// transposing dy: every ResNet-20 conv but the first (C = 3). ops/conv2d.hpp uses im2col + GEMM
+// otherwise.
 
 inline bool direct_weight_grad_applies(const ConvGeometry& g, int64_t K) {
-    return direct_conv_applies(g) && g.kernel_h == 3 && K % kLanes == 0;
+    return g.kernel_h == 3 && g.kernel_w == 3 && g.padding == 1 && (g.stride == 1 || g.stride == 2) &&
+           K % kLanes == 0 && g.channels * 9 >= 4 * kLanes;
 }
 
 namespace detail {
@@ -202,22 +206,25 @@ template <int KV>
 inline void direct_weight_grad_tile(const ConvGeometry& g, const float* shifted, const float* dyT, int64_t K,
                                     int64_t k0, int64_t c, float* dwT) {
     constexpr int kTaps = 9;  // 3x3
-    const int64_t W = g.width, P = g.height * g.width;
+    const int64_t W = g.width, S = g.stride;
     const int64_t plane = (g.height + 2 * g.padding) * W;
     const float* copy[3] = {shifted + (c * 3 + 0) * plane, shifted + (c * 3 + 1) * plane,
                             shifted + (c * 3 + 2) * plane};
     FloatBatch acc[kTaps][KV];
     for (int t = 0; t < kTaps; ++t)
         for (int v = 0; v < KV; ++v) acc[t][v] = FloatBatch(0.0f);
-    for (int64_t p = 0; p < P; ++p) {
-        FloatBatch d[KV];
-        for (int v = 0; v < KV; ++v) d[v] = FloatBatch::load_unaligned(dyT + p * K + k0 + v * kLanes);
-        for (int i = 0; i < 3; ++i)
-            for (int j = 0; j < 3; ++j) {
-                const FloatBatch xv(copy[j][p + i * W]);
-                for (int v = 0; v < KV; ++v) acc[i * 3 + j][v] = xsimd::fma(xv, d[v], acc[i * 3 + j][v]);
-            }
-    }
+    for (int64_t oh = 0; oh < g.out_h; ++oh)
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            const int64_t at = oh * S * W + ow * S;  // shifted[c, j][at + i*W] is tap (i, j) of pixel (oh, ow)
+            const float* dy_p = dyT + (oh * g.out_w + ow) * K + k0;
+            FloatBatch d[KV];
+            for (int v = 0; v < KV; ++v) d[v] = FloatBatch::load_unaligned(dy_p + v * kLanes);
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                    const FloatBatch xv(copy[j][at + i * W]);
+                    for (int v = 0; v < KV; ++v) acc[i * 3 + j][v] = xsimd::fma(xv, d[v], acc[i * 3 + j][v]);
+                }
+        }
     for (int t = 0; t < kTaps; ++t)
         for (int v = 0; v < KV; ++v) {
             float* out = dwT + (c * kTaps + t) * K + k0 + v * kLanes;
@@ -228,7 +235,7 @@ inline void direct_weight_grad_tile(const ConvGeometry& g, const float* shifted,
 }  // namespace detail
 
 // One image: dwT [C*9, K] += the weight gradient of a 3x3 conv, from the image's shifted copies
-// (make_shifted_copies) and its output gradient transposed, dyT [H*W, K].
+// (make_shifted_copies) and its output gradient transposed, dyT [H'*W', K].
 // Tiles of 2 batches of k (18 accumulators) while they last, then single batches.
 inline void direct_weight_grad_image(const ConvGeometry& g, const float* shifted, const float* dyT, int64_t K,
                                      float* dwT) {

@@ -82,8 +82,9 @@ inline Tensor flip_kernel(const Tensor& w) {
 //           slow scatter-add of col2im by a copy and gives the GEMM depth K*kh*kw instead of K;
 //           the direct kernel computes this convolution too, without im2col(dy_n).
 //   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
-//           For 3x3 on the direct path, without col: kernels/conv_direct.hpp sums it from the
-//           shifted copies of x_n and dy_n transposed, into dW^T [C*kh*kw, K] per group.
+//           For 3x3, padding 1, stride 1 or 2 (with enough channels), without col:
+//           kernels/conv_direct.hpp sums it from the shifted copies of x_n and dy_n transposed,
+//           into dW^T [C*kh*kw, K] per group.
 //   db   += sum_{n, h', w'} dy[n, :, h', w']
 // The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
 inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOptions options = {}) {
