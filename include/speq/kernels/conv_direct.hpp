@@ -51,23 +51,29 @@ inline int64_t shifted_copies_size(const ConvGeometry& g) {
 }
 
 // shifted[(c*kw + j)*(H + 2*padding)*W + r*W + w] = x[c, r - padding, w + j - padding], 0 outside.
+// Rows have the same stride W in the image and in the copy, so the whole plane is one copy at a
+// constant offset (shift = j - padding); what that carries across row ends lands in the edge
+// columns, which are then zeroed. (A copy per row costs a library call per 8..32 floats.)
 inline void make_shifted_copies(const ConvGeometry& g, const float* image, float* shifted) {
-    const int64_t H = g.height, W = g.width, pad = g.padding;
+    const int64_t H = g.height, W = g.width, pad = g.padding, HW = H * W;
     const int64_t plane = (H + 2 * pad) * W;
     for (int64_t c = 0; c < g.channels; ++c) {
-        const float* x = image + c * H * W;
+        const float* x = image + c * HW;
         for (int64_t j = 0; j < g.kernel_w; ++j) {
             float* out = shifted + (c * g.kernel_w + j) * plane;
-            std::fill(out, out + pad * W, 0.0f);                            // rows above
-            std::fill(out + (H + pad) * W, out + plane, 0.0f);              // rows below
-            const int64_t shift = j - pad;                                   // input column = w + shift
+            std::fill(out, out + pad * W, 0.0f);                // rows above
+            std::fill(out + (H + pad) * W, out + plane, 0.0f);  // rows below
+            float* body = out + pad * W;                        // body[r*W + w] = x[r, w + shift]
+            const int64_t shift = j - pad;
+            const int64_t q0 = std::clamp<int64_t>(-shift, 0, HW), q1 = std::clamp<int64_t>(HW - shift, q0, HW);
+            std::fill(body, body + q0, 0.0f);
+            if (q1 > q0) std::memcpy(body + q0, x + q0 + shift, sizeof(float) * (q1 - q0));
+            std::fill(body + q1, body + HW, 0.0f);
+            // Columns whose input column w + shift is outside [0, W): [0, w_lo) and [w_hi, W).
             const int64_t w_lo = std::clamp<int64_t>(-shift, 0, W), w_hi = std::clamp<int64_t>(W - shift, w_lo, W);
             for (int64_t r = 0; r < H; ++r) {
-                float* row = out + (r + pad) * W;
-                const float* in = x + r * W;
-                std::fill(row, row + w_lo, 0.0f);
-                if (w_hi > w_lo) std::memcpy(row + w_lo, in + w_lo + shift, sizeof(float) * (w_hi - w_lo));
-                std::fill(row + w_hi, row + W, 0.0f);
+                for (int64_t w = 0; w < w_lo; ++w) body[r * W + w] = 0.0f;
+                for (int64_t w = w_hi; w < W; ++w) body[r * W + w] = 0.0f;
             }
         }
     }
