@@ -3,6 +3,7 @@
 //   gemm_nn(M, N, K, A, B, C, acc)   C[M,N] (+)= A[M,K]   * B[K,N]
 //   gemm_tn(M, N, K, A, B, C, acc)   C[M,N] (+)= A[K,M]^T * B[K,N]
 //   gemm_nt(M, N, K, A, B, C, acc)   C[M,N] (+)= A[M,K]   * B[N,K]^T
+//   transpose(rows, cols, A, B)      B[cols,rows] = A[rows,cols]^T
 //
 // Every matrix is dense and row-major (element (i, j) of an R x S matrix at p[i * S + j]); the
 // shapes in brackets are the shapes of the arrays as stored. With acc = false C is overwritten,
@@ -66,6 +67,11 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, const float
                     bool accumulate) {
     detail::ConstMat a(A, M, K), b(B, N, K);
     detail::assign_or_add(detail::Mat(C, M, N), a * b.transpose(), accumulate);
+}
+
+// B[cols, rows] = A[rows, cols]^T (both row-major, not overlapping).
+inline void transpose(int64_t rows, int64_t cols, const float* A, float* B) {
+    detail::Mat(B, cols, rows) = detail::ConstMat(A, rows, cols).transpose();
 }
 
 }  // namespace speq::kernels

@@ -52,19 +52,6 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
                                        options.padding);
 }
 
-// Wf[c, k, i, j] = W[k, c, kh-1-i, kw-1-j]: the kernel of the convolution that maps dy to dx
-// (stride 1, "same" padding), as a [C, K*kh*kw] matrix.
-inline Tensor flip_kernel(const Tensor& w) {
-    const int64_t K = w.dim(0), C = w.dim(1), kh = w.dim(2), kw = w.dim(3);
-    Tensor f = Tensor::uninitialized({C, K * kh * kw});
-    for (int64_t k = 0; k < K; ++k)
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t i = 0; i < kh; ++i)
-                for (int64_t j = 0; j < kw; ++j)
-                    f[((c * K + k) * kh + i) * kw + j] = w[((k * C + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
-    return f;
-}
-
 }  // namespace detail
 
 // x: [N, C, H, W], weight: [K, C, kh, kw], bias: [K] or undefined Var -> [N, K, H', W'],
@@ -146,10 +133,8 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const kernels::ConvGeometry gt =
             kernels::ConvGeometry::make(K, g.out_h, g.out_w, g.kernel_h, g.kernel_w, 1, g.padding);
         const bool dx_direct = dx_by_conv && kernels::direct_conv_applies(gt);
-        // [C, K*kh*kw] for im2col + GEMM; [K*kh*kw, C] for the direct kernel
-        Tensor flipped = dx_direct    ? kernels::pack_weights_for_direct(weight.value(), true)
-                         : dx_by_conv ? detail::flip_kernel(weight.value())
-                                      : Tensor();
+        // Wf as a [K*kh*kw, C] array, for the direct kernel and (transposed by gemm_tn) for im2col + GEMM
+        const Tensor flipped = dx_by_conv ? kernels::pack_weights_for_direct(weight.value(), true) : Tensor();
 
         parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
             const bool use_col = need_dw && !g.is_pointwise() && !dw_direct;
@@ -171,7 +156,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                         kernels::direct_conv_image(gt, dy_col.data(), flipped.data(), g.channels, nullptr, dx_n, !dx_fresh);
                     } else if (dx_by_conv) {  // dx_n += Wf im2col(dy_n)
                         kernels::im2col(gt, dy_n, dy_col.data());
-                        kernels::gemm_nn(g.channels, gt.col_cols(), gt.col_rows(), flipped.data(), dy_col.data(), dx_n,
+                        kernels::gemm_tn(g.channels, gt.col_cols(), gt.col_rows(), flipped.data(), dy_col.data(), dx_n,
                                          !dx_fresh);
                     } else if (use_dcol) {
                         kernels::gemm_tn(R, P, K, wp, dy_n, dcol.data(), false);
@@ -183,7 +168,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                 }
                 if (dw_direct) {  // dW^T_group += the direct kernel's sum for image n
                     kernels::make_shifted_copies(g, xp + n * g.image_size(), col.data());
-                    kernels::detail::Mat(dy_t.data(), P, K) = kernels::detail::ConstMat(dy_n, K, P).transpose();
+                    kernels::transpose(K, P, dy_n, dy_t.data());
                     kernels::direct_weight_grad_image(g, col.data(), dy_t.data(), K, dw_parts.data() + group * R * K);
                 } else if (need_dw) {  // dW_group += dy_n col_n^T
                     const float* x_n = xp + n * g.image_size();
@@ -208,9 +193,9 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
             for (int64_t p = 1; p < groups; ++p)
                 kernels::accumulate(size, parts.data(), parts.data() + p * size);
             if (transposed) {  // [R, K] -> [K, R]
-                Tensor sum = Tensor::uninitialized({param.value().dim(0), size / param.value().dim(0)});
-                kernels::detail::Mat(sum.data(), sum.dim(0), sum.dim(1)) =
-                    kernels::detail::ConstMat(parts.data(), sum.dim(1), sum.dim(0)).transpose();
+                const int64_t rows = size / param.value().dim(0), cols = param.value().dim(0);
+                Tensor sum = Tensor::uninitialized({cols, rows});
+                kernels::transpose(rows, cols, parts.data(), sum.data());
                 kernels::accumulate(size, param.grad_for_accumulate().data(), sum.data());
             } else {
                 kernels::accumulate(size, param.grad_for_accumulate().data(), parts.data());
