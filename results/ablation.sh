@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Short ablation behind SPEQ's defaults (results/README.md, "Ablation").
-# Each run: ResNet-20 W2A2 on CIFAR-10, one epoch (390 steps, cosine LR 0.02 -> 0) from the FP
-# checkpoint of results/cifar10_resnet20.sh, seed 0 (1 and 2 for the noise runs), one thread;
-# JOBS runs side by side.
+# Each run: ResNet-20 W2A2 on CIFAR-10, EPOCHS epochs (default 1: 390 steps, cosine LR 0.02 -> 0)
+# from the FP checkpoint of results/cifar10_resnet20.sh, seed 0 (1 and 2 for the noise runs), one
+# thread; JOBS runs side by side.
 # Usage: results/ablation.sh [name ...]   (default: every run below)
-# Env:   SPEQ_BUILD (build folder, default build), FP_CHECKPOINT, OUT (default runs/ablation), JOBS (2)
+# Env:   SPEQ_BUILD (build folder, default build), FP_CHECKPOINT, JOBS (2), EPOCHS (1),
+#        OUT (runs/ablation), RESULTS (results/ablation); with EPOCHS other than 1 both folders
+#        get the suffix _<EPOCHS>ep, so runs of different lengths never mix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${SPEQ_BUILD:-build}
 fp=${FP_CHECKPOINT:-runs/resnet20_fp/last.safetensors}
-out=${OUT:-runs/ablation}
+epochs=${EPOCHS:-1}
+suffix=""
+[ "$epochs" = 1 ] || suffix="_${epochs}ep"
+out=${OUT:-runs/ablation$suffix}
+results=${RESULTS:-results/ablation$suffix}
 jobs=${JOBS:-2}
 [ -f "$fp" ] || { echo "ablation.sh: no FP checkpoint at $fp (run results/cifar10_resnet20.sh fp first)" >&2; exit 1; }
 
@@ -38,14 +44,15 @@ for entry in "${runs[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
   echo "ablation: $name ($config $overrides)"
   # shellcheck disable=SC2086  # overrides are words on purpose
-  "$build/speq-train" --config "configs/$config.json" --set epochs=1 --set threads=1 \
+  "$build/speq-train" --config "configs/$config.json" --set epochs="$epochs" --set threads=1 \
     --set init_checkpoint="$fp" --set out_dir="$out/$name" $overrides >"$out/$name.log" 2>&1 &
 done
 wait
-# Keep the small files of every run (not the checkpoints) in results/ablation/.
+# Keep the small files of every finished run (not the checkpoints) in $results/.
 for run in "$out"/*/; do
   name=$(basename "$run")
-  mkdir -p "results/ablation/$name"
-  cp "$run/config.json" "$run/metrics.jsonl" "$run/summary.json" "results/ablation/$name/"
+  [ -f "$run/summary.json" ] || continue
+  mkdir -p "$results/$name"
+  cp "$run/config.json" "$run/metrics.jsonl" "$run/summary.json" "$results/$name/"
 done
-python3 results/table.py results/ablation/*/ | tee results/ablation/table.md
+python3 results/table.py "$results"/*/ | tee "$results/table.md"

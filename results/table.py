@@ -20,13 +20,17 @@ def row(path):
             f"uniform {s['uniform_low']}..{s['uniform_high']}"
         setting = f"{draw} T={s['temperature']:g} ce={s['ce_weight']:g} kd={s['kd_weight']:g}"
     best = max(e["test_top1"] for e in epochs)
+    # How hard distillation pulls next to cross-entropy (train/speq.hpp logit_gradient_norms):
+    # first and last epoch, where the run logged it.
+    ratios = [e["kd_ce_grad_ratio"] for e in epochs if "kd_ce_grad_ratio" in e]
+    grad_ratio = f"{ratios[0]:.2f} -> {ratios[-1]:.2f}" if ratios else ""
     return [os.path.basename(run.rstrip("/")), config["method"], bits, setting, str(len(epochs)),
             f"{100 * summary['test_top1']:.2f}", f"{100 * best:.2f}",
-            f"{rates[len(rates) // 2]:.0f}", f"{summary['wall_seconds'] / 60:.1f}"]
+            grad_ratio, f"{rates[len(rates) // 2]:.0f}", f"{summary['wall_seconds'] / 60:.1f}"]
 
 
 header = ["run", "method", "bits", "SPEQ setting", "epochs", "final top-1 %", "best top-1 %",
-          "median img/s", "minutes"]
+          "KD/CE logit grad (first -> last epoch)", "median img/s", "minutes"]
 rows = [row(p) for p in sys.argv[1:]]
 print("| " + " | ".join(header) + " |")
 print("|" + "---|" * len(header))

@@ -147,3 +147,38 @@ TEST_CASE("speq loss: with u = 1 the KD term is positive and sends gradient to t
             for (int64_t i = 0; i < p.numel(); ++i) grad_norm += double(p.grad()[i]) * p.grad()[i];
     CHECK(grad_norm > 0.0);
 }
+
+TEST_CASE("speq diagnostics: logit_gradient_norms splits the logits' gradient into its CE and KD parts") {
+    // Logits, labels and a fixed teacher distribution, small enough to check against
+    // each term differentiated on its own.
+    const Tensor z = Tensor::of({2, 3}, {2.0f, -1.0f, 0.5f, 0.1f, 0.3f, -0.4f});
+    const std::vector<int> labels = {0, 2};
+    const Tensor teacher = Tensor::of({2, 3}, {0.5f, 0.2f, 0.3f, 0.1f, 0.1f, 0.8f});
+    const float ce_weight = 0.7f, kd_weight = 3.0f, T = 2.0f;
+
+    auto gradient_of = [&](bool with_ce, bool with_kd) {
+        Var logits(z, /*requires_grad=*/true);
+        Var ce = scale(cross_entropy(logits, labels), with_ce ? ce_weight : 0.0f);
+        Var kd = scale(train::speq_kd_loss(logits, teacher, T), with_kd ? kd_weight : 0.0f);
+        Var total = add(ce, kd);
+        backward(total);
+        return logits;
+    };
+    auto rms = [](const Tensor& g) {
+        double s = 0;
+        for (int64_t i = 0; i < g.numel(); ++i) s += double(g[i]) * g[i];
+        return std::sqrt(2.0 * s);  // sqrt(N) * |g|_F, N = 2
+    };
+    const double ce_alone = rms(gradient_of(true, false).grad());
+    const double kd_alone = rms(gradient_of(false, true).grad());
+    REQUIRE(ce_alone > 0.0);
+    REQUIRE(kd_alone > 0.0);
+
+    const train::LogitGradientNorms both = train::logit_gradient_norms(gradient_of(true, true), labels, ce_weight);
+    CHECK(both.ce == doctest::Approx(ce_alone).epsilon(1e-5));
+    CHECK(both.kd == doctest::Approx(kd_alone).epsilon(1e-4));
+
+    // Cross-entropy alone: nothing is left for the distillation part.
+    const train::LogitGradientNorms ce_only = train::logit_gradient_norms(gradient_of(true, false), labels, ce_weight);
+    CHECK(ce_only.kd < 1e-7);
+}

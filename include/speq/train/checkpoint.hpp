@@ -30,6 +30,7 @@ struct TrainingPosition {
     int64_t step = 0;   // optimizer steps done in the whole run
     // Running sums of the epoch in progress (so its averages come out as without interruption).
     double loss_sum = 0.0, ce_sum = 0.0, kd_sum = 0.0, high_sum = 0.0;
+    double ce_grad_sum = 0.0, kd_grad_sum = 0.0;  // logit_gradient_norms of distillation runs
     int64_t correct = 0, seen = 0;
     Rng::State rng{0, 1};
     double wall_seconds = 0.0;  // training time spent so far, over all resumptions
@@ -116,6 +117,8 @@ inline void save_checkpoint(const std::string& path, nn::Module& model, const op
         {"ce_sum", detail::double_text(at.ce_sum)},
         {"kd_sum", detail::double_text(at.kd_sum)},
         {"high_sum", detail::double_text(at.high_sum)},
+        {"ce_grad_sum", detail::double_text(at.ce_grad_sum)},
+        {"kd_grad_sum", detail::double_text(at.kd_grad_sum)},
         {"correct", std::to_string(at.correct)},
         {"seen", std::to_string(at.seen)},
         {"rng_state", detail::u64_text(at.rng.state)},
@@ -173,6 +176,9 @@ inline TrainingPosition load_checkpoint(const io::TensorFile& file, const std::s
     at.ce_sum = detail::parse_double(m, "ce_sum", path);
     at.kd_sum = detail::parse_double(m, "kd_sum", path);
     at.high_sum = detail::parse_double(m, "high_sum", path);
+    // Added after format 1 shipped: a diagnostic only, so older checkpoints resume without it.
+    if (m.count("ce_grad_sum")) at.ce_grad_sum = detail::parse_double(m, "ce_grad_sum", path);
+    if (m.count("kd_grad_sum")) at.kd_grad_sum = detail::parse_double(m, "kd_grad_sum", path);
     at.correct = static_cast<int64_t>(detail::parse_u64(m, "correct", path));
     at.seen = static_cast<int64_t>(detail::parse_u64(m, "seen", path));
     at.rng = {detail::parse_u64(m, "rng_state", path), detail::parse_u64(m, "rng_inc", path)};

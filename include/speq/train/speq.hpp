@@ -9,6 +9,7 @@
 // p_t is a constant: no gradient flows through the teacher, and it costs one forward pass.
 #pragma once
 
+#include <cmath>
 #include <vector>
 
 #include "speq/core/rng.hpp"
@@ -88,6 +89,33 @@ inline SpeqLoss speq_loss(nn::UnaryModule& model, const Var& x, const Var& stude
     out.kd = kd.value()[0];
     out.total = add(scale(ce, static_cast<float>(config.ce_weight)), scale(kd, static_cast<float>(config.kd_weight)));
     return out;
+}
+
+// How hard each term of a distillation loss pulls on the student, read after backward: the
+// root-mean-square over the batch of each term's per-image gradient with respect to the
+// student's logits z (the logits' gradient is the sum of the two terms'):
+//   d(ce_weight * CE)/dz_i = ce_weight * (softmax(z_i) - onehot(y_i)) / N     (see cross_entropy)
+//   d(kd_weight * KD)/dz   = dz (after backward) - d(ce_weight * CE)/dz
+//   rms = sqrt(N) * |d term / dz|_F    (the per-image gradient is N times the batch-mean one)
+// Their ratio says whether distillation can steer training at all: with confident softmax
+// outputs the cosine term's gradient is far smaller than cross-entropy's.
+struct LogitGradientNorms {
+    double ce = 0.0, kd = 0.0;
+};
+inline LogitGradientNorms logit_gradient_norms(const Var& logits, const std::vector<int>& labels, float ce_weight) {
+    SPEQ_CHECK(logits.has_grad(), "logit_gradient_norms: the logits have no gradient (call after backward)");
+    const int64_t N = logits.shape()[0], K = logits.shape()[1];
+    const Tensor probs = softmax(Var(logits.value()), 1.0f).value();
+    const float* dz = logits.grad().data();
+    double ce2 = 0.0, kd2 = 0.0;
+    for (int64_t i = 0; i < N; ++i)
+        for (int64_t k = 0; k < K; ++k) {
+            const double g_ce = ce_weight * (probs[i * K + k] - (k == labels[i] ? 1.0 : 0.0)) / N;
+            const double g_kd = dz[i * K + k] - g_ce;
+            ce2 += g_ce * g_ce, kd2 += g_kd * g_kd;
+        }
+    const double rms = std::sqrt(static_cast<double>(N));
+    return {rms * std::sqrt(ce2), rms * std::sqrt(kd2)};
 }
 
 }  // namespace speq::train

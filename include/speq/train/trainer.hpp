@@ -288,6 +288,13 @@ private:
         if (!std::isfinite(value)) non_finite_loss(value, logits.value());
         backward(loss);
         check_gradients(value);
+        if (config_.method == io::Method::speq || config_.method == io::Method::kd) {
+            const float ce_weight = static_cast<float>(config_.method == io::Method::speq ? config_.speq.ce_weight
+                                                                                            : config_.kd.ce_weight);
+            const LogitGradientNorms g = logit_gradient_norms(logits, batch.labels, ce_weight);
+            at_.ce_grad_sum += g.ce * batch.size();
+            at_.kd_grad_sum += g.kd * batch.size();
+        }
         sgd_->step();
         check_state();
         at_.loss_sum += value * batch.size();
@@ -395,7 +402,7 @@ private:
             write_metrics(last_eval, epoch_done);
             if (epoch_done) {
                 at_.epoch += 1, at_.batch = 0;
-                at_.loss_sum = at_.ce_sum = at_.kd_sum = at_.high_sum = 0.0;
+                at_.loss_sum = at_.ce_sum = at_.kd_sum = at_.high_sum = at_.ce_grad_sum = at_.kd_grad_sum = 0.0;
                 at_.correct = at_.seen = 0;
                 save_checkpoint(out("epoch_" + std::to_string(at_.epoch) + ".safetensors"), *model_, *sgd_, config_, at_);
             }
@@ -427,7 +434,13 @@ private:
             {"test_top1", eval.top1}, {"test_loss", eval.loss},
             {"method", io::name_of(config_.method)}, {"weight_bits", config_.weight_bits}, {"act_bits", config_.act_bits},
             {"images_per_second", progress_->images_per_second()}, {"wall_seconds", at_.wall_seconds}};
-        if (config_.method == io::Method::speq || config_.method == io::Method::kd) j["train_kd"] = at_.kd_sum / n;
+        if (config_.method == io::Method::speq || config_.method == io::Method::kd) {
+            j["train_kd"] = at_.kd_sum / n;
+            // RMS per-image gradient of each weighted term w.r.t. the student's logits, and their ratio.
+            j["logit_grad_ce"] = at_.ce_grad_sum / n;
+            j["logit_grad_kd"] = at_.kd_grad_sum / n;
+            if (at_.ce_grad_sum > 0) j["kd_ce_grad_ratio"] = at_.kd_grad_sum / at_.ce_grad_sum;
+        }
         if (config_.method == io::Method::speq) j["teacher_high_fraction"] = at_.high_sum / n;
         std::ofstream metrics(out("metrics.jsonl"), std::ios::app);
         metrics << j.dump() << "\n";
