@@ -16,59 +16,67 @@ struct BatchNormOptions {
     float eps = 1e-5f;
 };
 
-// x: [N, C, H, W], gamma: [C], beta: [C], running_mean/var: [C] -> [N, C, H, W]
-//
-// Forward, per channel c over its M = N*H*W values:
-//   training: mean, var = the batch mean and biased variance; if update_running_stats,
-//             running_mean = (1 - momentum) * running_mean + momentum * mean
-//             running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
-//             (the unbiased variance, as PyTorch does)
-//   eval:     mean, var = running_mean, running_var
-//   inv_std = 1 / sqrt(var + eps),   xhat = (x - mean) * inv_std,   y = gamma * xhat + beta
-//
-// Saved for backward: mean and inv_std per channel (xhat is recomputed from x: C floats, not a
-// copy of the activations). Statistics are summed per channel in a fixed order (SIMD blocks,
-// double across blocks), channels run in parallel: identical bits for any thread count.
-inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean,
-                        Tensor& running_var, const BatchNormOptions& options = {}) {
-    using kernels::FloatBatch;
-    SPEQ_CHECK(x.defined() && gamma.defined() && beta.defined(),
-               "batch_norm2d: x, gamma and beta must all be defined");
-    SPEQ_CHECK(x.value().rank() == 4, "batch_norm2d: x must be [N, C, H, W], got ", to_string(x.shape()));
-    const int64_t N = x.shape()[0], C = x.shape()[1], HW = x.shape()[2] * x.shape()[3], M = N * HW;
+namespace detail {
+
+// The checks batch_norm2d and batch_norm_act share; `op` starts every message.
+inline void check_batch_norm_inputs(const char* op, const Var& x, const Var& gamma, const Var& beta,
+                                    const Tensor& running_mean, const Tensor& running_var,
+                                    const BatchNormOptions& options) {
+    SPEQ_CHECK(x.defined() && gamma.defined() && beta.defined(), op, ": x, gamma and beta must all be defined");
+    SPEQ_CHECK(x.value().rank() == 4, op, ": x must be [N, C, H, W], got ", to_string(x.shape()));
+    const int64_t N = x.shape()[0], C = x.shape()[1], M = N * x.shape()[2] * x.shape()[3];
     const Shape channels{C};
-    if (gamma.shape() != channels) shape_mismatch("batch_norm2d", "gamma vs [C] of x", gamma.shape(), channels);
-    if (beta.shape() != channels) shape_mismatch("batch_norm2d", "beta vs [C] of x", beta.shape(), channels);
+    if (gamma.shape() != channels) shape_mismatch(op, "gamma vs [C] of x", gamma.shape(), channels);
+    if (beta.shape() != channels) shape_mismatch(op, "beta vs [C] of x", beta.shape(), channels);
     if (running_mean.shape() != channels)
-        shape_mismatch("batch_norm2d", "running_mean vs [C] of x", running_mean.shape(), channels);
-    if (running_var.shape() != channels)
-        shape_mismatch("batch_norm2d", "running_var vs [C] of x", running_var.shape(), channels);
-    SPEQ_CHECK(options.eps > 0.0f, "batch_norm2d: eps must be > 0, got ", options.eps);
-    SPEQ_CHECK(options.momentum >= 0.0f && options.momentum <= 1.0f,
-               "batch_norm2d: momentum must be in [0, 1], got ", options.momentum);
-    SPEQ_CHECK(!options.training || M > 1, "batch_norm2d: training needs more than 1 value per channel, x is ",
+        shape_mismatch(op, "running_mean vs [C] of x", running_mean.shape(), channels);
+    if (running_var.shape() != channels) shape_mismatch(op, "running_var vs [C] of x", running_var.shape(), channels);
+    SPEQ_CHECK(options.eps > 0.0f, op, ": eps must be > 0, got ", options.eps);
+    SPEQ_CHECK(options.momentum >= 0.0f && options.momentum <= 1.0f, op, ": momentum must be in [0, 1], got ",
+               options.momentum);
+    SPEQ_CHECK(!options.training || M > 1, op, ": training needs more than 1 value per channel, x is ",
                to_string(x.shape()));
+}
 
-    const bool training = options.training;
-    const float* xd = x.value().data();
-    // Plane (n, c) starts at xd + (n * C + c) * HW; channel c is the N planes with that c.
-    auto plane = [C, HW](int64_t n, int64_t c) { return (n * C + c) * HW; };
+// The [N, C, H, W] layout as the ops walk it: plane (n, c) starts at (n * C + c) * HW, channel c
+// is the N planes with that c.
+struct ChannelPlanes {
+    int64_t N, C, HW, M;
+    explicit ChannelPlanes(const Shape& s) : N(s[0]), C(s[1]), HW(s[2] * s[3]), M(s[0] * s[2] * s[3]) {}
+    int64_t plane(int64_t n, int64_t c) const { return (n * C + c) * HW; }
+};
 
-    Tensor mean = Tensor::uninitialized(channels), inv_std = Tensor::uninitialized(channels);
-    if (training) {
+struct BatchNormStatistics {
+    Tensor mean, inv_std;  // [C] each
+};
+
+// The mean and 1 / sqrt(var + eps) every element of channel c is normalized with (batch_norm2d's
+// forward, above it), and the running-statistics update of training mode. Per channel in a fixed
+// order (SIMD blocks, double across blocks), channels in parallel: the same bits for any thread
+// count, and for every op that normalizes through this function.
+inline BatchNormStatistics batch_norm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var,
+                                                 const BatchNormOptions& options) {
+    using kernels::FloatBatch;
+    const ChannelPlanes at(x.shape());
+    const int64_t N = at.N, C = at.C, HW = at.HW, M = at.M;
+    const float* xd = x.data();
+    BatchNormStatistics stats{Tensor::uninitialized({C}), Tensor::uninitialized({C})};
+    Tensor& mean = stats.mean;
+    Tensor& inv_std = stats.inv_std;
+    if (options.training) {
         const bool update = options.update_running_stats;
         const float momentum = options.momentum;
         parallel_for(0, C, [&](int64_t c) {
             double sum = 0.0;
             for (int64_t n = 0; n < N; ++n)
-                sum += kernels::sum_map(HW, [](FloatBatch v) { return v; }, xd + plane(n, c));
+                sum += kernels::sum_map(HW, [](FloatBatch v) { return v; }, xd + at.plane(n, c));
             const float m = static_cast<float>(sum / M);
             // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
             double squares = 0.0;
             for (int64_t n = 0; n < N; ++n)
                 squares += kernels::sum_map(
                     HW, [m](FloatBatch v) { FloatBatch d = v - FloatBatch(m); return d * d; },
-                    xd + plane(n, c));
+                    xd + at.plane(n, c));
             const double var = squares / M;
             mean[c] = m;
             inv_std[c] = static_cast<float>(1.0 / std::sqrt(var + options.eps));
@@ -84,57 +92,110 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
             inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + options.eps));
         }
     }
+    return stats;
+}
+
+// y = gamma * xhat + beta for channel c, as (x - mean) * a + b with a = gamma * inv_std: the one
+// expression every batch-norm op (and its backward, where it recomputes y) normalizes with.
+struct ChannelAffine {
+    float m, a, b;
+    ChannelAffine(const BatchNormStatistics& s, const Tensor& gamma, const Tensor& beta, int64_t c)
+        : m(s.mean[c]), a(gamma[c] * s.inv_std[c]), b(beta[c]) {}
+    kernels::FloatBatch operator()(kernels::FloatBatch v) const {
+        using kernels::FloatBatch;
+        return (v - FloatBatch(m)) * FloatBatch(a) + FloatBatch(b);
+    }
+};
+
+// Batch norm's backward for channel c once its two sums over dy are known (dy being the gradient
+// at y = gamma * xhat + beta):
+//   dgamma += sum(dy * xhat),  dbeta += sum(dy)
+//   training: dx = k * (dy - mean(dy) - xhat * mean(dy * xhat)),  k = gamma * inv_std
+//             (mean and var are functions of x; this is the standard compact form)
+//   eval:     dx = k * dy   (mean, var are constants: the op is affine)
+// sum_dy_xc is sum(dy * (x - mean)), so sum(dy * xhat) = inv_std * sum_dy_xc.
+struct ChannelBackward {
+    float m, is, k, mean_dy, mean_dy_xhat;
+    double sum_dy_xhat;
+    ChannelBackward(const BatchNormStatistics& s, const Tensor& gamma, int64_t c, double sum_dy, double sum_dy_xc,
+                    bool training, int64_t M)
+        : m(s.mean[c]), is(s.inv_std[c]), k(gamma[c] * s.inv_std[c]) {
+        sum_dy_xhat = is * sum_dy_xc;
+        // In eval both means drop out.
+        mean_dy = training ? static_cast<float>(sum_dy / M) : 0.0f;
+        mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
+    }
+    // dx's share of one element: g = dy, v = x.
+    kernels::FloatBatch dx(kernels::FloatBatch g, kernels::FloatBatch v) const {
+        using kernels::FloatBatch;
+        const FloatBatch xhat = (v - FloatBatch(m)) * FloatBatch(is);
+        return FloatBatch(k) * (g - FloatBatch(mean_dy) - xhat * FloatBatch(mean_dy_xhat));
+    }
+};
+
+}  // namespace detail
+
+// x: [N, C, H, W], gamma: [C], beta: [C], running_mean/var: [C] -> [N, C, H, W]
+//
+// Forward, per channel c over its M = N*H*W values:
+//   training: mean, var = the batch mean and biased variance; if update_running_stats,
+//             running_mean = (1 - momentum) * running_mean + momentum * mean
+//             running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
+//             (the unbiased variance, as PyTorch does)
+//   eval:     mean, var = running_mean, running_var
+//   inv_std = 1 / sqrt(var + eps),   xhat = (x - mean) * inv_std,   y = gamma * xhat + beta
+//
+// Saved for backward: mean and inv_std per channel (xhat is recomputed from x: C floats, not a
+// copy of the activations). Statistics are summed per channel in a fixed order (SIMD blocks,
+// double across blocks), channels run in parallel: identical bits for any thread count.
+// ops/batch_norm_act.hpp fuses this op with the activation that follows it.
+inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor& running_mean,
+                        Tensor& running_var, const BatchNormOptions& options = {}) {
+    using kernels::FloatBatch;
+    detail::check_batch_norm_inputs("batch_norm2d", x, gamma, beta, running_mean, running_var, options);
+    const detail::ChannelPlanes at(x.shape());
+    const int64_t C = at.C;
+    detail::BatchNormStatistics stats = detail::batch_norm_statistics(x.value(), running_mean, running_var, options);
 
     Tensor y = Tensor::uninitialized(x.shape());
-    auto normalize_plane = [&](int64_t p) {  // plane p = (n, c) of x, c = p % C
-        const int64_t c = p % C;
-        const float m = mean[c], a = gamma.value()[c] * inv_std[c], b = beta.value()[c];
-        return [m, a, b](FloatBatch v) { return (v - FloatBatch(m)) * FloatBatch(a) + FloatBatch(b); };
-    };
-    kernels::map_rows(N * C, HW, y.data(), normalize_plane, xd);
+    kernels::map_rows(at.N * C, at.HW, y.data(),  // row p = plane (n, c) of x, c = p % C
+                      [&](int64_t p) { return detail::ChannelAffine(stats, gamma.value(), beta.value(), p % C); },
+                      x.value().data());
 
     Var out = op_result(std::move(y), {&x, &gamma, &beta});
     if (out.requires_grad()) {
-        // Backward:  dgamma += sum(dy * xhat),  dbeta += sum(dy)
-        //   training: dx += gamma * inv_std / M * (M*dy - sum(dy) - xhat * sum(dy * xhat))
-        //             (mean and var are functions of x; this is the standard compact form)
-        //   eval:     dx += dy * gamma * inv_std   (mean, var are constants: the op is affine)
-        tape().record([x, gamma, beta, out, mean = std::move(mean), inv_std = std::move(inv_std), training,
-                       N, C, HW, M, plane] {
+        // Backward: detail::ChannelBackward (the math is written there). One pass over (dy, x)
+        // per channel for both sums, one pass writing dx.
+        tape().record([x, gamma, beta, out, stats = std::move(stats), training = options.training, at] {
             if (!out.has_grad()) return;
+            const int64_t N = at.N, HW = at.HW;
             const float* xd = x.value().data();
             const float* dy = out.grad().data();
             bool dx_fresh = false;  // dx is written whole (every channel, every image) below
             float* dx = x.requires_grad() ? x.grad_for_write(dx_fresh).data() : nullptr;
             float* dgamma = gamma.requires_grad() ? gamma.grad_for_accumulate().data() : nullptr;
             float* dbeta = beta.requires_grad() ? beta.grad_for_accumulate().data() : nullptr;
-            parallel_for(0, C, [&](int64_t c) {
-                const float m = mean[c], is = inv_std[c];
-                double sum_dy = 0.0, sum_dy_xc = 0.0;  // xc = x - mean, so sum(dy * xhat) = is * sum_dy_xc
-                // Eval-mode dx needs no sums; skip the passes when nothing else does either.
+            parallel_for(0, at.C, [&](int64_t c) {
+                const float m = stats.mean[c];
+                double sum_dy = 0.0, sum_dy_xc = 0.0;  // xc = x - mean
+                // Eval-mode dx needs no sums; skip the pass when nothing else does either.
                 for (int64_t n = 0; n < N && (training || dgamma || dbeta); ++n) {
-                    const int64_t at = plane(n, c);
-                    sum_dy += kernels::sum_map(HW, [](FloatBatch g) { return g; }, dy + at);
-                    sum_dy_xc += kernels::sum_map(
-                        HW, [m](FloatBatch g, FloatBatch v) { return g * (v - FloatBatch(m)); }, dy + at, xd + at);
+                    const int64_t p = at.plane(n, c);
+                    const auto sums = kernels::sums_map(
+                        HW, [m](FloatBatch g, FloatBatch v) { return kernels::Batches<2>{g, g * (v - FloatBatch(m))}; },
+                        dy + p, xd + p);
+                    sum_dy += sums[0];
+                    sum_dy_xc += sums[1];
                 }
-                const double sum_dy_xhat = is * sum_dy_xc;
-                if (dgamma) dgamma[c] += static_cast<float>(sum_dy_xhat);
+                const detail::ChannelBackward bn(stats, gamma.value(), c, sum_dy, sum_dy_xc, training, at.M);
+                if (dgamma) dgamma[c] += static_cast<float>(bn.sum_dy_xhat);
                 if (dbeta) dbeta[c] += static_cast<float>(sum_dy);
                 if (!dx) return;
-                const float k = gamma.value()[c] * is;
-                // dx = k * (dy - mean(dy) - xhat * mean(dy * xhat)); in eval both means drop out.
-                const float mean_dy = training ? static_cast<float>(sum_dy / M) : 0.0f;
-                const float mean_dy_xhat = training ? static_cast<float>(sum_dy_xhat / M) : 0.0f;
                 for (int64_t n = 0; n < N; ++n) {
-                    const int64_t at = plane(n, c);
+                    const int64_t p = at.plane(n, c);
                     kernels::map_serial_into_grad(
-                        dx_fresh, HW, dx + at,
-                        [=](FloatBatch d, FloatBatch g, FloatBatch v) {
-                            FloatBatch xhat = (v - FloatBatch(m)) * FloatBatch(is);
-                            return d + FloatBatch(k) * (g - FloatBatch(mean_dy) - xhat * FloatBatch(mean_dy_xhat));
-                        },
-                        dy + at, xd + at);
+                        dx_fresh, HW, dx + p, [&bn](FloatBatch d, FloatBatch g, FloatBatch v) { return d + bn.dx(g, v); },
+                        dy + p, xd + p);
                 }
             });
         });
