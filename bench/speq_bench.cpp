@@ -321,6 +321,20 @@ std::vector<OpCase> op_cases(int64_t N, nn::Shortcut shortcut) {
         pact.bytes_fwd = 2 * bytes;
         pact.bytes_bwd = 4 * bytes;  // x, dy, dx read + write
         cases.push_back(pact);
+
+        // The fused bn -> + residual -> PACT of a block's act2 (ops/batch_norm_act.hpp): compare with
+        // batch_norm_ + pact_a2_ (+ an add) above.
+        Var residual(random_tensor(sh, rng), true);
+        OpCase fused;
+        fused.name = std::string("bn_add_pact_a2_") + stage_names[s];
+        fused.shape = shape_text(sh) + " + residual, bits 2";
+        fused.forward = [x, gamma, beta, rm, rv, alpha, residual] {
+            return batch_norm_act(x, gamma, beta, *rm, *rv, {}, alpha, 2, &residual);
+        };
+        fused.activations = {x, residual};
+        fused.bytes_fwd = 5 * bytes;   // statistics (x twice), then x and residual read, y written
+        fused.bytes_bwd = 8 * bytes;   // pass 1: dy, x, residual read, dresidual written; pass 2: dy, x, residual read, dx written
+        cases.push_back(fused);
     }
     {
         const Shape& sh = stage_shapes[0];

@@ -36,10 +36,12 @@
 #include "speq/quant/golden_section.hpp"
 #include "speq/quant/lsq.hpp"
 #include "speq/quant/weight_quant.hpp"
+#include "speq/ops/batch_norm_act.hpp"  // ops, but fuses quant's PACT: after quant
 
 // nn: modules with named parameters and buffers (PyTorch state_dict names)
 #include "speq/nn/act_quant.hpp"
 #include "speq/nn/batch_norm.hpp"
+#include "speq/nn/batch_norm_act.hpp"
 #include "speq/nn/conv2d.hpp"
 #include "speq/nn/init.hpp"
 #include "speq/nn/linear.hpp"

@@ -36,12 +36,18 @@ public:
     }
 
     Var forward(const Var& x) override {
+        return batch_norm2d(x, weight_, bias_, *running_mean_, *running_var_, options());
+    }
+
+    // The options a forward runs with now (mode, running-statistics setting, momentum, eps); also
+    // what nn::bn_act hands the fused op.
+    BatchNormOptions options() const {
         BatchNormOptions options;
         options.training = is_training();
         options.update_running_stats = is_training() && update_running_stats_;
         options.momentum = momentum_;
         options.eps = eps_;
-        return batch_norm2d(x, weight_, bias_, *running_mean_, *running_var_, options);
+        return options;
     }
 
     // false: training-mode forwards leave running_mean / running_var unchanged (default true).

@@ -31,11 +31,11 @@
 
 #include "speq/nn/act_quant.hpp"
 #include "speq/nn/batch_norm.hpp"
+#include "speq/nn/batch_norm_act.hpp"
 #include "speq/nn/conv2d.hpp"
 #include "speq/nn/linear.hpp"
 #include "speq/nn/module.hpp"
 #include "speq/nn/sequential.hpp"
-#include "speq/ops/add.hpp"
 #include "speq/ops/pool.hpp"
 #include "speq/ops/shortcut.hpp"
 
@@ -76,9 +76,11 @@ public:
     }
 
     Var forward(const Var& x) override {
-        Var h = act1_->forward(bn1_->forward(conv1_->forward(x)));
-        h = bn2_->forward(conv2_->forward(h));
-        return act2_->forward(add(h, shortcut(x)));
+        // bn_act: bn -> (+ shortcut) -> act in one pass (nn/batch_norm_act.hpp), same modules.
+        const Var h = bn_act(*bn1_, *act1_, conv1_->forward(x));
+        const Var h2 = conv2_->forward(h);
+        const Var skip = shortcut(x);  // after conv2, as before the fusion: the same order on the tape
+        return bn_act(*bn2_, *act2_, h2, &skip);
     }
 
     // The shortcut branch alone: identity, option A or option B.
@@ -135,7 +137,7 @@ public:
     }
 
     Var forward(const Var& x) override {
-        Var h = act_->forward(bn1_->forward(conv1_->forward(x)));
+        Var h = bn_act(*bn1_, *act_, conv1_->forward(x));
         for (auto& layer : layers_) h = layer->forward(h);
         return fc_->forward(global_avg_pool(h));  // [N, 64] -> [N, classes]
     }

@@ -14,6 +14,7 @@
 
 #include "speq/nn/act_quant.hpp"
 #include "speq/nn/batch_norm.hpp"
+#include "speq/nn/batch_norm_act.hpp"
 #include "speq/nn/conv2d.hpp"
 #include "speq/nn/linear.hpp"
 #include "speq/nn/module.hpp"
@@ -47,9 +48,9 @@ public:
     }
 
     Var forward(const Var& x) override {
-        Var h = act1_->forward(bn1_->forward(conv1_->forward(x)));
-        h = act2_->forward(bn2_->forward(conv2_->forward(h)));
-        h = act3_->forward(bn3_->forward(conv3_->forward(h)));
+        Var h = bn_act(*bn1_, *act1_, conv1_->forward(x));  // bn -> act in one pass (nn/batch_norm_act.hpp)
+        h = bn_act(*bn2_, *act2_, conv2_->forward(h));
+        h = bn_act(*bn3_, *act3_, conv3_->forward(h));
         return fc_->forward(global_avg_pool(h));
     }
 
