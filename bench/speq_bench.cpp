@@ -500,7 +500,7 @@ json measure_step(StepKind kind, int64_t N, nn::Shortcut shortcut, int warmup, i
             p.forward = std::chrono::duration<double>(t1 - t0).count();
             Var loss;
             if (kind == StepKind::speq_train)
-                loss = train::speq_loss(*model, x, logits, labels, act_bits, speq_config, draw_rng).total;
+                loss = train::speq_loss(*model, x, logits, labels, act_bits, speq_config, draw_rng, speq_config.kd_weight).total;
             else
                 loss = cross_entropy(logits, labels);
             auto t2 = Clock::now();

@@ -1,23 +1,31 @@
 // speq-eval: test accuracy of a checkpoint, at its own precision or another activation precision.
 //
-//   speq-eval --checkpoint FILE [--data_dir DIR] [--act-bits N]
+//   speq-eval --checkpoint FILE [--data_dir DIR] [--act-bits N] [--speq-teacher [--teacher-u U] [--teacher-bn batch|running]]
 //
 // The model, data set and quantization come from the config stored in the checkpoint; --data_dir
 // overrides where the data set is read from; --act-bits N runs every body activation quantizer at
-// N bits (1..8, or 32 for full precision). The last line printed is a JSON object with "top1".
+// N bits (1..8, or 32 for full precision). --speq-teacher also measures SPEQ's teacher as training
+// runs it (train::evaluate_teacher: the checkpoint config's speq draw, a new bit pattern per batch
+// of batch_size images, batch statistics): "teacher_top1" in the JSON; --teacher-u U draws with
+// probability U instead of the config's speq.u (0: the student itself, on batch statistics; 1:
+// every body activation at speq.high_bits); --teacher-bn overrides speq.teacher_bn likewise. The last line printed is a
+// JSON object with "top1".
 #include <speq/speq.hpp>
 #include <speq/train/trainer.hpp>
 
 #include <cstdio>
 #include <string>
 
-static const char* kUsage = "usage: speq-eval --checkpoint FILE [--data_dir DIR] [--act-bits N]\n";
+static const char* kUsage = "usage: speq-eval --checkpoint FILE [--data_dir DIR] [--act-bits N] [--speq-teacher [--teacher-u U] [--teacher-bn batch|running]]\n";
 
 int main(int argc, char** argv) {
     using namespace speq;
     try {
         std::string checkpoint, data_dir;
         int act_bits = 0;
+        bool speq_teacher = false;
+        double teacher_u = -1.0;   // < 0: the checkpoint config's speq.u
+        std::string teacher_bn;    // "": the checkpoint config's speq.teacher_bn
         for (int i = 1; i < argc; ++i) {
             const std::string arg = argv[i];
             auto value = [&]() -> std::string {
@@ -34,6 +42,20 @@ int main(int argc, char** argv) {
                     fail("speq-eval: --act-bits '", v, "' is not a number");
                 }
                 quant::check_bits("speq-eval: --act-bits", act_bits);
+            } else if (arg == "--speq-teacher") {
+                speq_teacher = true;
+            } else if (arg == "--teacher-u" || arg == "--teacher_u") {
+                const std::string v = value();
+                try {
+                    teacher_u = std::stod(v);
+                } catch (...) {
+                    fail("speq-eval: --teacher-u '", v, "' is not a number");
+                }
+                SPEQ_CHECK(teacher_u >= 0.0 && teacher_u <= 1.0, "speq-eval: --teacher-u must be in [0, 1], got ", v);
+            } else if (arg == "--teacher-bn" || arg == "--teacher_bn") {
+                teacher_bn = value();
+                SPEQ_CHECK(teacher_bn == "batch" || teacher_bn == "running",
+                           "speq-eval: --teacher-bn must be batch or running, got '", teacher_bn, "'");
             } else if (arg == "--help" || arg == "-h") {
                 std::fputs(kUsage, stdout);
                 return 0;
@@ -60,6 +82,27 @@ int main(int argc, char** argv) {
                     100.0 * r.top1, static_cast<long long>(r.images), config.weight_bits, shown_bits);
         nlohmann::json j = {{"checkpoint", checkpoint}, {"top1", r.top1}, {"loss", r.loss}, {"images", r.images},
                             {"weight_bits", config.weight_bits}, {"act_bits", shown_bits}};
+        SPEQ_CHECK((teacher_u < 0.0 && teacher_bn.empty()) || speq_teacher,
+                   "speq-eval: --teacher-u and --teacher-bn need --speq-teacher");
+        if (speq_teacher) {
+            SPEQ_CHECK(act_bits == 0, "speq-eval: --speq-teacher draws the teacher's bits from the student's ",
+                       config.act_bits, "; it does not combine with --act-bits");
+            SPEQ_CHECK(config.act_bits < 32, "speq-eval: --speq-teacher needs a quantized checkpoint (act_bits ",
+                       config.act_bits, ")");
+            if (teacher_u >= 0.0) config.speq.u = teacher_u;
+            if (!teacher_bn.empty())
+                config.speq.teacher_bn = teacher_bn == "running" ? io::TeacherNorm::running : io::TeacherNorm::batch;
+            Rng rng(static_cast<uint64_t>(config.seed));
+            const train::EvalResult t = train::evaluate_teacher(*model, data.test, data.normalization, config.batch_size,
+                                                                config.act_bits, config.speq, rng);
+            std::printf("SPEQ teacher (u %.2f, high bits %d, batch norm on %s statistics, batches of %lld): test top-1 %.2f%%\n",
+                        config.speq.u, config.speq.high_bits, io::name_of(config.speq.teacher_bn),
+                        static_cast<long long>(config.batch_size), 100.0 * t.top1);
+            j["teacher_u"] = config.speq.u;
+            j["teacher_bn"] = io::name_of(config.speq.teacher_bn);
+            j["teacher_top1"] = t.top1;
+            j["teacher_loss"] = t.loss;
+        }
         std::printf("%s\n", j.dump().c_str());
         return 0;
     } catch (const std::exception& e) {

@@ -19,6 +19,14 @@ def row(path):
         draw = f"u={s['u']:g} n_H={s['high_bits']}" if s["draw"] == "binary" else \
             f"uniform {s['uniform_low']}..{s['uniform_high']}"
         setting = f"{draw} T={s['temperature']:g} ce={s['ce_weight']:g} kd={s['kd_weight']:g}"
+        # Keys added later: shown only when set away from their defaults.
+        if s.get("kd_warmup_epochs", 0):
+            setting += f" kd warm-up {s['kd_warmup_epochs']} ep"
+        if s.get("teacher_bn", "batch") != "batch":
+            setting += f" teacher BN {s['teacher_bn']}"
+    elif config["method"] == "kd":
+        k = config["kd"]
+        setting = f"FP teacher, {k['loss']} T={k['temperature']:g} ce={k['ce_weight']:g} kd={k['kd_weight']:g}"
     best = max(e["test_top1"] for e in epochs)
     # How hard distillation pulls next to cross-entropy (train/speq.hpp logit_gradient_norms):
     # first and last epoch, where the run logged it.
@@ -29,7 +37,7 @@ def row(path):
             grad_ratio, f"{rates[len(rates) // 2]:.0f}", f"{summary['wall_seconds'] / 60:.1f}"]
 
 
-header = ["run", "method", "bits", "SPEQ setting", "epochs", "final top-1 %", "best top-1 %",
+header = ["run", "method", "bits", "distillation setting", "epochs", "final top-1 %", "best top-1 %",
           "KD/CE logit grad (first -> last epoch)", "median img/s", "minutes"]
 rows = [row(p) for p in sys.argv[1:]]
 print("| " + " | ".join(header) + " |")

@@ -239,6 +239,10 @@ TEST_CASE("config: rules across keys are errors or warnings") {
     check_contains(warnings_of({{"lr_milestones", {5}}}), {"lr_milestones are ignored by lr_schedule 'onecycle'"});
     check_contains(warnings_of({{"lr_schedule", "step"}, {"lr_milestones", {5, 20}}}), {"reach past the last epoch"});
     check_contains(warnings_of({{"warmup_epochs", 2}}), {"warmup_epochs is ignored by lr_schedule 'onecycle'"});
+    json long_ramp = w2a2;
+    long_ramp["epochs"] = 3;
+    long_ramp["speq"] = {{"kd_warmup_epochs", 4}};
+    check_contains(warnings_of(long_ramp), {"speq.kd_warmup_epochs = 4 is more than epochs = 3"});
     check_contains(warnings_of({{"kd", {{"teacher_checkpoint", "t"}}}}), {"kd.teacher_checkpoint is ignored by method 'fp'"});
 }
 

@@ -122,7 +122,7 @@ TEST_CASE("speq loss: with u = 0 the teacher is the student and the KD term is e
     // Two identical models: one for the student pass, one (a copy of its state) whose teacher
     // pass must reproduce the student's logits exactly.
     Var logits = s.model(x);
-    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng);
+    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng, c.kd_weight);
     CHECK(loss.kd == 0.0f);
     CHECK(loss.high_fraction == 0.0);
     CHECK(loss.total.value()[0] == doctest::Approx(loss.ce));
@@ -137,7 +137,7 @@ TEST_CASE("speq loss: with u = 1 the KD term is positive and sends gradient to t
     Rng rng(3);
     Var x(s.images);
     Var logits = s.model(x);
-    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng);
+    train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng, c.kd_weight);
     CHECK(loss.kd > 0.0f);
     CHECK(loss.high_fraction == 1.0);
     backward(loss.total);
@@ -146,6 +146,92 @@ TEST_CASE("speq loss: with u = 1 the KD term is positive and sends gradient to t
         if (p.has_grad())
             for (int64_t i = 0; i < p.numel(); ++i) grad_norm += double(p.grad()[i]) * p.grad()[i];
     CHECK(grad_norm > 0.0);
+}
+
+TEST_CASE("speq loss: kd_warmup_epochs ramps the distillation weight linearly, per step") {
+    io::SpeqConfig c;
+    c.kd_weight = 4.0;
+    // No warm-up: the full weight from the first step.
+    CHECK(train::distillation_weight_at(c, 0, 10) == 4.0);
+    // Two epochs of 10 steps: step s (from 0) gets 4 * (s + 1) / 20, then 4.
+    c.kd_warmup_epochs = 2;
+    CHECK(train::distillation_weight_at(c, 0, 10) == doctest::Approx(0.2));
+    CHECK(train::distillation_weight_at(c, 4, 10) == doctest::Approx(1.0));
+    CHECK(train::distillation_weight_at(c, 9, 10) == doctest::Approx(2.0));
+    CHECK(train::distillation_weight_at(c, 18, 10) == doctest::Approx(3.8));
+    CHECK(train::distillation_weight_at(c, 19, 10) == 4.0);
+    CHECK(train::distillation_weight_at(c, 500, 10) == 4.0);
+
+    // speq_loss weighs the KD term by the weight it is given, not by config.kd_weight.
+    Setup s;
+    c.u = 1.0;
+    c.ce_weight = 0.5;
+    Rng rng(3);
+    Var x(s.images);
+    Var logits = s.model(x);
+    const train::SpeqLoss loss = train::speq_loss(s.model, x, logits, s.labels, 2, c, rng, 0.25);
+    CHECK(loss.kd > 0.0f);
+    CHECK(loss.total.value()[0] == doctest::Approx(0.5 * loss.ce + 0.25 * loss.kd));
+    tape().clear();
+}
+
+TEST_CASE("speq teacher: teacher_bn = running normalizes with the running statistics and keeps training mode") {
+    Setup s;
+    s.model(Var(s.images));  // one student pass: running statistics that differ from the batch's
+    tape().clear();
+    const std::vector<Tensor> before = snapshot(s.model);
+    std::vector<int> teacher_bits = nn::act_bits(s.model);
+    teacher_bits[0] = 8;
+    const Tensor running = train::teacher_logits(s.model, Var(s.images), teacher_bits, io::TeacherNorm::running);
+    const Tensor batch = train::teacher_logits(s.model, Var(s.images), teacher_bits, io::TeacherNorm::batch);
+    CHECK(s.model.is_training());
+    CHECK(identical(before, snapshot(s.model)));
+    CHECK(tape().size() == 0);
+
+    // The same passes by hand: eval mode, and training mode with the statistics frozen.
+    Tensor by_hand_eval, by_hand_train;
+    {
+        NoGradGuard no_grad;
+        nn::ActBitsGuard keep_bits(s.model);
+        nn::set_act_bits_per_layer(s.model, teacher_bits);
+        s.model.eval();
+        by_hand_eval = s.model(Var(s.images)).value();
+        s.model.train();
+        nn::FreezeRunningStats frozen(s.model);
+        by_hand_train = s.model(Var(s.images)).value();
+    }
+    REQUIRE(running.numel() == by_hand_eval.numel());
+    CHECK(std::memcmp(running.data(), by_hand_eval.data(), 4 * running.numel()) == 0);
+    CHECK(std::memcmp(batch.data(), by_hand_train.data(), 4 * batch.numel()) == 0);
+    CHECK(std::memcmp(running.data(), batch.data(), 4 * batch.numel()) != 0);
+}
+
+TEST_CASE("speq teacher: evaluate_teacher with u = 0 and running statistics is the student's evaluate") {
+    Setup s;
+    s.model(Var(s.images));  // running statistics from one batch
+    tape().clear();
+    io::Dataset data;
+    data.name = "random";
+    data.channels = 1, data.height = 28, data.width = 28, data.num_classes = 10;
+    Rng pixel_rng(9);
+    for (int64_t i = 0; i < 40 * 28 * 28; ++i) data.pixels.push_back(static_cast<uint8_t>(pixel_rng.below(256)));
+    for (int i = 0; i < 40; ++i) data.labels.push_back(i % 10);
+    const io::Normalization norm = io::fashion_mnist_normalization();
+
+    io::SpeqConfig c;
+    c.u = 0.0;
+    c.teacher_bn = io::TeacherNorm::running;
+    Rng rng(5);
+    const train::EvalResult student = train::evaluate(s.model, data, norm, 16);
+    const train::EvalResult teacher = train::evaluate_teacher(s.model, data, norm, 16, 2, c, rng);
+    CHECK(s.model.is_training());
+    CHECK(teacher.images == 40);
+    CHECK(teacher.top1 == student.top1);
+    CHECK(teacher.loss == student.loss);
+    // With batch statistics (batches of 16) the same network scores differently.
+    c.teacher_bn = io::TeacherNorm::batch;
+    const train::EvalResult on_batches = train::evaluate_teacher(s.model, data, norm, 16, 2, c, rng);
+    CHECK(on_batches.loss != student.loss);
 }
 
 TEST_CASE("speq diagnostics: logit_gradient_norms splits the logits' gradient into its CE and KD parts") {

@@ -46,6 +46,7 @@ enum class DatasetKind { cifar10, fashion_mnist, mnist };
 enum class LrSchedule { constant, step, cosine, onecycle };
 enum class WeightScale { max_abs, min_l2, lsq };
 enum class BitsDraw { binary, uniform };
+enum class TeacherNorm { batch, running };
 enum class KdLoss { kl, cosine };
 
 template <class E>
@@ -80,6 +81,10 @@ template <> struct EnumNames<quant::Grid> {
 template <> struct EnumNames<BitsDraw> {
     static constexpr std::pair<BitsDraw, const char*> values[] = {{BitsDraw::binary, "binary"},
                                                                   {BitsDraw::uniform, "uniform"}};
+};
+template <> struct EnumNames<TeacherNorm> {
+    static constexpr std::pair<TeacherNorm, const char*> values[] = {{TeacherNorm::batch, "batch"},
+                                                                     {TeacherNorm::running, "running"}};
 };
 template <> struct EnumNames<KdLoss> {
     static constexpr std::pair<KdLoss, const char*> values[] = {{KdLoss::kl, "kl"}, {KdLoss::cosine, "cosine"}};
@@ -124,6 +129,8 @@ struct SpeqConfig {
     double temperature = 1.0;
     double ce_weight = 1.0;
     double kd_weight = 1.0;
+    int kd_warmup_epochs = 0;
+    TeacherNorm teacher_bn = TeacherNorm::batch;
 };
 
 struct KdConfig {
@@ -463,6 +470,8 @@ inline const std::vector<ConfigField>& config_fields() {
         number(SPEQ_KEY(speq.temperature), positive(), "T: both softmaxes of the cosine loss use logits / T"),
         number(SPEQ_KEY(speq.ce_weight), non_negative(), "alpha: weight of the cross-entropy with the labels"),
         number(SPEQ_KEY(speq.kd_weight), non_negative(), "beta: weight of 1 - cos(softmax(z_s/T), softmax(z_t/T))"),
+        integer(SPEQ_KEY(speq.kd_warmup_epochs), at_least(0), "ramp beta linearly from 0 to kd_weight over this many epochs (per step), while the freshly quantized teacher recovers; 0 = full weight from the first step"),
+        choice(SPEQ_KEY(speq.teacher_bn), "batch norm in the teacher pass: batch = the batch's own statistics, like the student (running statistics untouched); running = the running statistics (eval mode), like the network at test time"),
         text(SPEQ_KEY(kd.teacher_checkpoint), true, "safetensors file of the FP teacher (needed by method kd)"),
         choice(SPEQ_KEY(kd.teacher_model), "the teacher's network"),
         choice(SPEQ_KEY(kd.loss), "kl: KL divergence of the softened outputs (Hinton et al.); cosine: 1 - cos of the softmaxes"),
@@ -570,6 +579,13 @@ inline const std::vector<ConfigRule>& config_rules() {
          [](const TrainConfig& c) -> std::string {
              return c.lr_schedule == LrSchedule::onecycle && c.warmup_epochs > 0
                         ? "warmup_epochs is ignored by lr_schedule 'onecycle' (it warms up by itself)"
+                        : "";
+         }},
+        {false, "speq.kd_warmup_epochs <= epochs",
+         [](const TrainConfig& c) -> std::string {
+             return c.method == Method::speq && c.speq.kd_warmup_epochs > c.epochs
+                        ? "speq.kd_warmup_epochs = " + str(c.speq.kd_warmup_epochs) + " is more than epochs = " +
+                              str(c.epochs) + ": the distillation weight never reaches speq.kd_weight"
                         : "";
          }},
         {false, "kd.teacher_checkpoint is only used by method kd",

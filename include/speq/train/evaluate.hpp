@@ -31,10 +31,11 @@ struct EvalResult {
     int64_t images = 0;
 };
 
-// Top-1 accuracy and mean cross-entropy of `model` over `data`, in eval mode (running batch-norm
-// statistics), without recording anything. The model's train/eval mode is restored afterwards.
-inline EvalResult evaluate(nn::UnaryModule& model, const io::Dataset& data, const io::Normalization& normalization,
-                           int64_t batch_size = 256) {
+// Top-1 accuracy and mean cross-entropy over `data` (in order, unaugmented) of the logits that
+// `forward` returns for each batch of images; nothing is recorded on the tape.
+template <class Forward>
+EvalResult evaluate_logits(const io::Dataset& data, const io::Normalization& normalization, int64_t batch_size,
+                           Forward forward) {
     io::LoaderOptions options;
     options.batch_size = batch_size;
     options.shuffle = false;
@@ -42,24 +43,32 @@ inline EvalResult evaluate(nn::UnaryModule& model, const io::Dataset& data, cons
     io::BatchLoader loader(data, options);
     loader.start_epoch(0);
 
-    const bool was_training = model.is_training();
-    model.eval();
     NoGradGuard no_grad;
     EvalResult result;
     double loss_sum = 0.0;
     int64_t correct = 0;
     io::Batch batch;
     while (loader.next(batch)) {
-        Var logits = model(Var(std::move(batch.images)));
+        Var logits(forward(Var(std::move(batch.images))));
         correct += count_correct(logits.value(), batch.labels);
         loss_sum += static_cast<double>(cross_entropy(logits, batch.labels).value()[0]) * batch.size();
         result.images += batch.size();
     }
-    model.train(was_training);
     if (result.images > 0) {
         result.top1 = static_cast<double>(correct) / result.images;
         result.loss = loss_sum / result.images;
     }
+    return result;
+}
+
+// Top-1 accuracy and mean cross-entropy of `model` over `data`, in eval mode (running batch-norm
+// statistics). The model's train/eval mode is restored afterwards.
+inline EvalResult evaluate(nn::UnaryModule& model, const io::Dataset& data, const io::Normalization& normalization,
+                           int64_t batch_size = 256) {
+    const bool was_training = model.is_training();
+    model.eval();
+    EvalResult result = evaluate_logits(data, normalization, batch_size, [&](const Var& x) { return model(x).value(); });
+    model.train(was_training);
     return result;
 }
 

@@ -6,6 +6,7 @@
 //   bits_t = draw_teacher_bits(...)                  per layer: n_H with probability u, else n_A
 //   p_t = teacher_probabilities(model, x, bits_t)    same weights, no tape, BN stats untouched
 //   loss = ce_weight * CE(z_s, y) + kd_weight * mean(1 - cos(softmax(z_s / T), p_t))
+// (kd_weight optionally ramped up from 0 over the first epochs: distillation_weight_at).
 // p_t is a constant: no gradient flows through the teacher, and it costs one forward pass.
 #pragma once
 
@@ -20,6 +21,7 @@
 #include "speq/ops/losses.hpp"
 #include "speq/ops/scale.hpp"
 #include "speq/ops/softmax.hpp"
+#include "speq/train/evaluate.hpp"
 
 namespace speq::train {
 
@@ -44,21 +46,65 @@ inline std::vector<int> draw_teacher_bits(const std::vector<int>& student_bits, 
     return bits;
 }
 
-// softmax(model(x) / T) with the ActQuants at `teacher_bits`, computed without recording
-// anything, with batch norm in the model's current mode but its running statistics untouched.
-// Every bit-width is restored afterwards (also if the forward pass throws).   -> [N, K]
-inline Tensor teacher_probabilities(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
-                                    float temperature) {
+// model(x) with the ActQuants at `teacher_bits`, computed without recording anything, with its
+// running statistics untouched. Batch norm: TeacherNorm::batch keeps the model's current mode (in
+// training, the batch's statistics, as the student sees); TeacherNorm::running switches to eval
+// mode for the pass (the running statistics, as at test time). Bit-widths and mode are restored
+// afterwards, also if the forward pass throws.   -> logits [N, K]
+inline Tensor teacher_logits(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
+                             io::TeacherNorm norm = io::TeacherNorm::batch) {
+    struct ModeGuard {
+        nn::Module& m;
+        bool was_training;
+        ~ModeGuard() { m.train(was_training); }
+    } keep_mode{model, model.is_training()};
+    if (norm == io::TeacherNorm::running) model.eval();
     NoGradGuard no_grad;
     nn::FreezeRunningStats keep_running_stats(model);
     nn::ActBitsGuard keep_bits(model);
     nn::set_act_bits_per_layer(model, teacher_bits);
-    return softmax(model(x), temperature).value();
+    return model(x).value();
+}
+
+// softmax(teacher_logits / T): the soft labels the student is trained on.   -> [N, K]
+inline Tensor teacher_probabilities(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
+                                    float temperature, io::TeacherNorm norm = io::TeacherNorm::batch) {
+    NoGradGuard no_grad;
+    return softmax(Var(teacher_logits(model, x, teacher_bits, norm)), temperature).value();
+}
+
+// How good the teacher the student learns from is: test accuracy of the teacher pass exactly as
+// training runs it (training-mode batch norm on batches of `batch_size`, running statistics
+// untouched or, with config.teacher_bn = running, eval mode; a new bit pattern drawn for every
+// batch), so that "the teacher knows more than the
+// student" is measured rather than assumed. speq-eval --speq-teacher prints it.
+inline EvalResult evaluate_teacher(nn::UnaryModule& model, const io::Dataset& data,
+                                   const io::Normalization& normalization, int64_t batch_size, int act_bits,
+                                   const io::SpeqConfig& config, Rng& rng) {
+    const bool was_training = model.is_training();
+    model.train();
+    const std::vector<int> student_bits = nn::act_bits(model);
+    EvalResult result = evaluate_logits(data, normalization, batch_size, [&](const Var& x) {
+        return teacher_logits(model, x, draw_teacher_bits(student_bits, act_bits, config, rng), config.teacher_bn);
+    });
+    model.train(was_training);
+    return result;
 }
 
 // The distillation term: mean over the batch of 1 - cos(softmax(z_s / T), p_t).   -> [1]
 inline Var speq_kd_loss(const Var& student_logits, const Tensor& teacher_probs, float temperature) {
     return cosine_loss(softmax(student_logits, temperature), Var(teacher_probs));
+}
+
+// beta at optimizer step `step` (counted from 0): with kd_warmup_epochs = E > 0 it rises linearly,
+//   beta(step) = kd_weight * min(1, (step + 1) / (E * steps_per_epoch)),
+// else it is kd_weight throughout. Why a ramp: right after quantization the teacher is the same
+// damaged network as the student (only its activations are finer), and pulling the student
+// towards it as hard as towards the labels costs fitting early on (results/README.md).
+inline double distillation_weight_at(const io::SpeqConfig& config, int64_t step, int64_t steps_per_epoch) {
+    const int64_t ramp = static_cast<int64_t>(config.kd_warmup_epochs) * steps_per_epoch;
+    if (ramp <= 0 || step + 1 >= ramp) return config.kd_weight;
+    return config.kd_weight * static_cast<double>(step + 1) / static_cast<double>(ramp);
 }
 
 // The parts of one SPEQ loss, for logging.
@@ -70,9 +116,11 @@ struct SpeqLoss {
 };
 
 // The whole SPEQ objective for one batch: student logits (already computed on the tape), the
-// teacher pass, and the weighted sum.
+// teacher pass, and the weighted sum, with beta = kd_weight (the trainer passes
+// distillation_weight_at(...), which is config.kd_weight unless it warms up).
 inline SpeqLoss speq_loss(nn::UnaryModule& model, const Var& x, const Var& student_logits,
-                          const std::vector<int>& labels, int act_bits, const io::SpeqConfig& config, Rng& rng) {
+                          const std::vector<int>& labels, int act_bits, const io::SpeqConfig& config, Rng& rng,
+                          double kd_weight) {
     const float T = static_cast<float>(config.temperature);
     const std::vector<int> student_bits = nn::act_bits(model);
     const std::vector<int> teacher_bits = draw_teacher_bits(student_bits, act_bits, config, rng);
@@ -84,10 +132,10 @@ inline SpeqLoss speq_loss(nn::UnaryModule& model, const Var& x, const Var& stude
     out.high_fraction = drawn ? static_cast<double>(high) / drawn : 0.0;
 
     Var ce = cross_entropy(student_logits, labels);
-    Var kd = speq_kd_loss(student_logits, teacher_probabilities(model, x, teacher_bits, T), T);
+    Var kd = speq_kd_loss(student_logits, teacher_probabilities(model, x, teacher_bits, T, config.teacher_bn), T);
     out.ce = ce.value()[0];
     out.kd = kd.value()[0];
-    out.total = add(scale(ce, static_cast<float>(config.ce_weight)), scale(kd, static_cast<float>(config.kd_weight)));
+    out.total = add(scale(ce, static_cast<float>(config.ce_weight)), scale(kd, static_cast<float>(kd_weight)));
     return out;
 }
 

@@ -262,7 +262,8 @@ private:
                 ce = loss.value()[0];
                 break;
             case io::Method::speq: {
-                SpeqLoss s = speq_loss(*model_, x, logits, batch.labels, config_.act_bits, config_.speq, rng);
+                const double kd_weight = distillation_weight_at(config_.speq, at_.step, steps_per_epoch_);
+                SpeqLoss s = speq_loss(*model_, x, logits, batch.labels, config_.act_bits, config_.speq, rng, kd_weight);
                 loss = s.total, ce = s.ce, kd = s.kd;
                 at_.high_sum += s.high_fraction * batch.size();
                 break;
