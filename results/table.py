@@ -8,9 +8,13 @@ import sys
 
 def row(path):
     run = path if os.path.isdir(path) else os.path.dirname(path)
-    summary = json.load(open(os.path.join(run, "summary.json")))
     config = json.load(open(os.path.join(run, "config.json")))
     epochs = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if line.strip()]
+    # A run stopped before its end has no summary.json: its last epoch stands in, marked.
+    summary_path = os.path.join(run, "summary.json")
+    stopped = not os.path.exists(summary_path)
+    summary = json.load(open(summary_path)) if not stopped else {
+        "test_top1": epochs[-1]["test_top1"], "wall_seconds": epochs[-1]["wall_seconds"]}
     rates = sorted(e["images_per_second"] for e in epochs)
     bits = "FP" if config["method"] == "fp" else f"W{config['weight_bits']}A{config['act_bits']}"
     s = config.get("speq", {})
@@ -32,7 +36,8 @@ def row(path):
     # first and last epoch, where the run logged it.
     ratios = [e["kd_ce_grad_ratio"] for e in epochs if "kd_ce_grad_ratio" in e]
     grad_ratio = f"{ratios[0]:.2f} -> {ratios[-1]:.2f}" if ratios else ""
-    return [os.path.basename(run.rstrip("/")), config["method"], bits, setting, str(len(epochs)),
+    epochs_text = f"{len(epochs)} of {config['epochs']} (stopped)" if stopped else str(len(epochs))
+    return [os.path.basename(run.rstrip("/")), config["method"], bits, setting, epochs_text,
             f"{100 * summary['test_top1']:.2f}", f"{100 * best:.2f}",
             grad_ratio, f"{rates[len(rates) // 2]:.0f}", f"{summary['wall_seconds'] / 60:.1f}"]
 
