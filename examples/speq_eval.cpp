@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 static const char* kUsage = "usage: speq-eval --checkpoint FILE [--data_dir DIR] [--act-bits N] [--speq-teacher [--teacher-u U] [--teacher-bn batch|running]]\n";
 
@@ -24,8 +25,7 @@ int main(int argc, char** argv) {
         std::string checkpoint, data_dir;
         int act_bits = 0;
         bool speq_teacher = false;
-        double teacher_u = -1.0;   // < 0: the checkpoint config's speq.u
-        std::string teacher_bn;    // "": the checkpoint config's speq.teacher_bn
+        std::vector<std::string> teacher_overrides;  // "speq.u=0.5": applied to the checkpoint's config
         for (int i = 1; i < argc; ++i) {
             const std::string arg = argv[i];
             auto value = [&]() -> std::string {
@@ -45,17 +45,9 @@ int main(int argc, char** argv) {
             } else if (arg == "--speq-teacher") {
                 speq_teacher = true;
             } else if (arg == "--teacher-u" || arg == "--teacher_u") {
-                const std::string v = value();
-                try {
-                    teacher_u = std::stod(v);
-                } catch (...) {
-                    fail("speq-eval: --teacher-u '", v, "' is not a number");
-                }
-                SPEQ_CHECK(teacher_u >= 0.0 && teacher_u <= 1.0, "speq-eval: --teacher-u must be in [0, 1], got ", v);
+                teacher_overrides.push_back("speq.u=" + value());
             } else if (arg == "--teacher-bn" || arg == "--teacher_bn") {
-                teacher_bn = value();
-                SPEQ_CHECK(teacher_bn == "batch" || teacher_bn == "running",
-                           "speq-eval: --teacher-bn must be batch or running, got '", teacher_bn, "'");
+                teacher_overrides.push_back("speq.teacher_bn=" + value());
             } else if (arg == "--help" || arg == "-h") {
                 std::fputs(kUsage, stdout);
                 return 0;
@@ -67,6 +59,13 @@ int main(int argc, char** argv) {
 
         io::TensorFile file = io::load_safetensors(checkpoint);
         io::TrainConfig config = train::checkpoint_config(file, checkpoint);
+        SPEQ_CHECK(teacher_overrides.empty() || speq_teacher,
+                   "speq-eval: --teacher-u and --teacher-bn need --speq-teacher");
+        if (!teacher_overrides.empty()) {  // checked by the config's own table: range, allowed names
+            nlohmann::json overridden = io::to_json(config);
+            for (const std::string& o : teacher_overrides) io::apply_override(overridden, o);
+            config = io::config_from_json(overridden, "speq-eval --teacher-u/--teacher-bn");
+        }
         train::DataSets data = train::load_data(config, data_dir);
         auto model = train::build_model(config.model, config, data.train, 0);
         nn::configure_quantization(*model, train::quant_config(config));
@@ -82,16 +81,11 @@ int main(int argc, char** argv) {
                     100.0 * r.top1, static_cast<long long>(r.images), config.weight_bits, shown_bits);
         nlohmann::json j = {{"checkpoint", checkpoint}, {"top1", r.top1}, {"loss", r.loss}, {"images", r.images},
                             {"weight_bits", config.weight_bits}, {"act_bits", shown_bits}};
-        SPEQ_CHECK((teacher_u < 0.0 && teacher_bn.empty()) || speq_teacher,
-                   "speq-eval: --teacher-u and --teacher-bn need --speq-teacher");
         if (speq_teacher) {
             SPEQ_CHECK(act_bits == 0, "speq-eval: --speq-teacher draws the teacher's bits from the student's ",
                        config.act_bits, "; it does not combine with --act-bits");
             SPEQ_CHECK(config.act_bits < 32, "speq-eval: --speq-teacher needs a quantized checkpoint (act_bits ",
                        config.act_bits, ")");
-            if (teacher_u >= 0.0) config.speq.u = teacher_u;
-            if (!teacher_bn.empty())
-                config.speq.teacher_bn = teacher_bn == "running" ? io::TeacherNorm::running : io::TeacherNorm::batch;
             Rng rng(static_cast<uint64_t>(config.seed));
             const train::EvalResult t = train::evaluate_teacher(*model, data.test, data.normalization, config.batch_size,
                                                                 config.act_bits, config.speq, rng);

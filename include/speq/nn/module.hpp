@@ -199,6 +199,22 @@ private:
     bool training_ = true;
 };
 
+// Puts a model in training (true) or eval (false) mode for a scope and restores the mode it had,
+// also when the scope is left by an exception:   { nn::ModeGuard eval_mode(model, false); ... }
+class ModeGuard {
+public:
+    ModeGuard(Module& model, bool training) : model_(model), was_training_(model.is_training()) {
+        model.train(training);
+    }
+    ~ModeGuard() { model_.train(was_training_); }
+    ModeGuard(const ModeGuard&) = delete;
+    ModeGuard& operator=(const ModeGuard&) = delete;
+
+private:
+    Module& model_;
+    bool was_training_;
+};
+
 // A module with one input and one output: what Sequential chains.
 class UnaryModule : public Module {
 public:

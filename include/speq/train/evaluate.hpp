@@ -65,11 +65,8 @@ EvalResult evaluate_logits(const io::Dataset& data, const io::Normalization& nor
 // statistics). The model's train/eval mode is restored afterwards.
 inline EvalResult evaluate(nn::UnaryModule& model, const io::Dataset& data, const io::Normalization& normalization,
                            int64_t batch_size = 256) {
-    const bool was_training = model.is_training();
-    model.eval();
-    EvalResult result = evaluate_logits(data, normalization, batch_size, [&](const Var& x) { return model(x).value(); });
-    model.train(was_training);
-    return result;
+    nn::ModeGuard eval_mode(model, false);
+    return evaluate_logits(data, normalization, batch_size, [&](const Var& x) { return model(x).value(); });
 }
 
 }  // namespace speq::train

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "speq/core/rng.hpp"
@@ -53,12 +54,8 @@ inline std::vector<int> draw_teacher_bits(const std::vector<int>& student_bits, 
 // afterwards, also if the forward pass throws.   -> logits [N, K]
 inline Tensor teacher_logits(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
                              io::TeacherNorm norm = io::TeacherNorm::batch) {
-    struct ModeGuard {
-        nn::Module& m;
-        bool was_training;
-        ~ModeGuard() { m.train(was_training); }
-    } keep_mode{model, model.is_training()};
-    if (norm == io::TeacherNorm::running) model.eval();
+    std::optional<nn::ModeGuard> eval_mode;  // batch: the mode is left as it is
+    if (norm == io::TeacherNorm::running) eval_mode.emplace(model, false);
     NoGradGuard no_grad;
     nn::FreezeRunningStats keep_running_stats(model);
     nn::ActBitsGuard keep_bits(model);
@@ -69,7 +66,6 @@ inline Tensor teacher_logits(nn::UnaryModule& model, const Var& x, const std::ve
 // softmax(teacher_logits / T): the soft labels the student is trained on.   -> [N, K]
 inline Tensor teacher_probabilities(nn::UnaryModule& model, const Var& x, const std::vector<int>& teacher_bits,
                                     float temperature, io::TeacherNorm norm = io::TeacherNorm::batch) {
-    NoGradGuard no_grad;
     return softmax(Var(teacher_logits(model, x, teacher_bits, norm)), temperature).value();
 }
 
@@ -81,14 +77,11 @@ inline Tensor teacher_probabilities(nn::UnaryModule& model, const Var& x, const 
 inline EvalResult evaluate_teacher(nn::UnaryModule& model, const io::Dataset& data,
                                    const io::Normalization& normalization, int64_t batch_size, int act_bits,
                                    const io::SpeqConfig& config, Rng& rng) {
-    const bool was_training = model.is_training();
-    model.train();
+    nn::ModeGuard training_mode(model, true);
     const std::vector<int> student_bits = nn::act_bits(model);
-    EvalResult result = evaluate_logits(data, normalization, batch_size, [&](const Var& x) {
+    return evaluate_logits(data, normalization, batch_size, [&](const Var& x) {
         return teacher_logits(model, x, draw_teacher_bits(student_bits, act_bits, config, rng), config.teacher_bn);
     });
-    model.train(was_training);
-    return result;
 }
 
 // The distillation term: mean over the batch of 1 - cos(softmax(z_s / T), p_t).   -> [1]
