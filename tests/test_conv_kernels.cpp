@@ -133,8 +133,8 @@ TEST_CASE("direct convolution: shifted copies hold the image moved sideways, zer
     const auto g = kernels::ConvGeometry::make(1, 2, 3, 3, 3, 1, 1);
     const float image[] = {1, 2, 3,
                            4, 5, 6};
-    std::vector<float> shifted(kernels::shifted_copies_size(g), NAN);
-    kernels::make_shifted_copies(g, image, shifted.data());
+    std::vector<float> shifted(kernels::tap_copies_size(g), NAN);
+    kernels::make_tap_copies(g, image, shifted.data());
     const std::vector<float> expected = {
         0, 0, 0,  0, 1, 2,  0, 4, 5,  0, 0, 0,   // j = 0: x[r, w - 1]
         0, 0, 0,  1, 2, 3,  4, 5, 6,  0, 0, 0,   // j = 1: x[r, w]
@@ -143,12 +143,86 @@ TEST_CASE("direct convolution: shifted copies hold the image moved sideways, zer
     CHECK(shifted == expected);
 }
 
-TEST_CASE("conv2d: the direct weight gradient of stride-2 3x3 convs matches the reference") {
+TEST_CASE("direct convolution: at stride 2 the tap copies hold every other column, one per row phase") {
+    // A 4x4 image, 3x3 kernel, stride 2, padding 1: output 2x2; copy (j, r) row rr holds
+    // x[2*rr + r - 1, 2*ow + j - 1] for ow = 0, 1 (0 outside), rr = 0, 1, 2.
+    const auto g = kernels::ConvGeometry::make(1, 4, 4, 3, 3, 2, 1);
+    const float image[] = { 1,  2,  3,  4,
+                            5,  6,  7,  8,
+                            9, 10, 11, 12,
+                           13, 14, 15, 16};
+    std::vector<float> copies(kernels::tap_copies_size(g), NAN);
+    kernels::make_tap_copies(g, image, copies.data());
+    const std::vector<float> expected = {
+        0, 0,  0,  6,  0, 14,   // j = 0, r = 0: rows -1, 1, 3; columns -1, 1
+        0, 2,  0, 10,  0,  0,   // j = 0, r = 1: rows 0, 2, 4
+        0, 0,  5,  7, 13, 15,   // j = 1, r = 0: columns 0, 2
+        1, 3,  9, 11,  0,  0,   // j = 1, r = 1
+        0, 0,  6,  8, 14, 16,   // j = 2, r = 0: columns 1, 3
+        2, 4, 10, 12,  0,  0,   // j = 2, r = 1
+    };
+    CHECK(copies == expected);
+    // Tap (i, j) of output pixel p is copy (j, i mod 2) at p + (i div 2)*W': pixel (1, 1), tap (2, 2)
+    // is x[3, 3] = 16.
+    const kernels::TapLayout t = kernels::TapLayout::of(g);
+    CHECK(copies[2 * t.column_stride + t.row_offset[2] + 3] == 16.0f);
+}
+
+TEST_CASE("conv2d: the direct kernels at other strides, paddings and kernel sizes match the reference") {
+    struct Case {
+        int64_t c, h, w, k, ksize, stride, padding;
+    };
+    // Every output has 16 or 64 pixels, so the direct path applies with 8 or 16 lanes.
+    const std::vector<Case> cases = {
+        {3, 8, 8, 16, 1, 2, 0},    // 1x1 stride 2 (ResNet's option-B shortcut)
+        {2, 8, 8, 5, 5, 2, 2},     // 5x5 stride 2
+        {4, 10, 10, 7, 3, 1, 0},   // 3x3 without padding: output narrower than the input
+        {3, 12, 12, 6, 3, 3, 1},   // stride 3
+        {2, 8, 8, 9, 2, 2, 0},     // even kernel
+        {4, 16, 15, 16, 3, 2, 1},  // odd width at stride 2: the last column's taps reach the padding
+    };
+    Rng rng(29);
+    for (const Case& t : cases) {
+        INFO("x [2, ", t.c, ", ", t.h, ", ", t.w, "], ", t.k, " kernels ", t.ksize, "x", t.ksize, " stride ", t.stride,
+             " padding ", t.padding);
+        REQUIRE(kernels::direct_conv_applies(
+            kernels::ConvGeometry::make(t.c, t.h, t.w, t.ksize, t.ksize, t.stride, t.padding)));
+        Var x = Var::parameter(randn({2, t.c, t.h, t.w}, rng));
+        Var w = Var::parameter(randn({t.k, t.c, t.ksize, t.ksize}, rng));
+        Var b = Var::parameter(randn({t.k}, rng));
+        Var y = conv2d(x, w, b, {static_cast<int>(t.stride), static_cast<int>(t.padding)});
+        const Tensor expected =
+            kernels::conv2d_reference(x.value(), w.value(), b.value(), static_cast<int>(t.stride), static_cast<int>(t.padding));
+        REQUIRE(y.shape() == expected.shape());
+        for (int64_t i = 0; i < expected.numel(); ++i) {
+            INFO("y element ", i);
+            REQUIRE(y.value()[i] == doctest::Approx(expected[i]).epsilon(1e-4));
+        }
+        const Tensor dy = randn(y.shape(), rng);
+        const kernels::ConvReferenceGrads ref = kernels::conv2d_reference_backward(
+            x.value(), w.value(), dy, static_cast<int>(t.stride), static_cast<int>(t.padding));
+        backward(y, dy);
+        INFO("direct weight gradient: ", kernels::direct_weight_grad_applies(
+                                             kernels::ConvGeometry::make(t.c, t.h, t.w, t.ksize, t.ksize, t.stride, t.padding), t.k));
+        for (int64_t i = 0; i < ref.dw.numel(); ++i) {
+            INFO("dw element ", i);
+            REQUIRE(w.grad()[i] == doctest::Approx(ref.dw[i]).epsilon(1e-4));
+        }
+        for (int64_t i = 0; i < ref.dx.numel(); ++i) {
+            INFO("dx element ", i);
+            REQUIRE(x.grad()[i] == doctest::Approx(ref.dx[i]).epsilon(1e-4));
+        }
+    }
+}
+
+TEST_CASE("conv2d: stride-2 3x3 convs (direct forward and weight gradient) match the reference") {
     struct Case {
         int64_t n, c, h, w, k;
     };
     // Even and odd sizes (the last output pixel's taps reach the bottom/right padding or not).
-    const std::vector<Case> cases = {{2, 8, 8, 8, 16}, {1, 16, 7, 9, 32}, {3, 8, 6, 5, 48}};
+    // {2, 8, 8, 8, 16} and {1, 8, 16, 15, 16} also run the forward through the direct kernel (16 and
+    // 64 output pixels), the others through im2col + GEMM.
+    const std::vector<Case> cases = {{2, 8, 8, 8, 16}, {1, 16, 7, 9, 32}, {3, 8, 6, 5, 48}, {1, 8, 16, 15, 16}};
     Rng rng(23);
     for (const Case& t : cases) {
         INFO("x [", t.n, ", ", t.c, ", ", t.h, ", ", t.w, "], ", t.k, " kernels 3x3, stride 2");
@@ -156,6 +230,11 @@ TEST_CASE("conv2d: the direct weight gradient of stride-2 3x3 convs matches the 
         Var x = Var::parameter(randn({t.n, t.c, t.h, t.w}, rng));
         Var w = Var::parameter(randn({t.k, t.c, 3, 3}, rng));
         Var y = conv2d(x, w, Var(), {2, 1});
+        const Tensor expected = kernels::conv2d_reference(x.value(), w.value(), Tensor(), 2, 1);
+        for (int64_t i = 0; i < expected.numel(); ++i) {
+            INFO("y element ", i);
+            REQUIRE(y.value()[i] == doctest::Approx(expected[i]).epsilon(1e-4));
+        }
         const Tensor dy = randn(y.shape(), rng);
         const kernels::ConvReferenceGrads ref = kernels::conv2d_reference_backward(x.value(), w.value(), dy, 2, 1);
         backward(y, dy);

@@ -1,33 +1,36 @@
-// speq/kernels/conv_direct.hpp: direct convolution for stride 1 with "same" padding (every 3x3
-// conv of a ResNet except the two downsampling ones), vectorized over output pixels, without im2col.
+// speq/kernels/conv_direct.hpp: direct convolution, vectorized over output pixels, without im2col.
 //
-// im2col copies the image kh*kw times (9x for 3x3) and then multiplies; here the image is copied
-// only kw times (3x), once per kernel column j, shifted sideways by j - padding with zeros where
-// that leaves the image, and with `padding` zero rows above and below:
+// im2col copies the image kh*kw times (9x for 3x3) and then multiplies. Here the image is copied
+// into "tap copies", one per kernel column j and row phase r = i mod stride, each with exactly
+// W' (output width) columns:
 //
-//   shifted[c, j][r*W + w] = x[c, r - padding, w + j - padding]     (0 outside the image)
+//   copy[c, j, r][rr*W' + ow] = x[c, rr*s + r - padding, ow*s + j - padding]     (0 outside)
 //
-// Then for output pixel p = oh*W + ow (stride 1, same size as the input) and tap (c, i, j)
+// for rr in [0, H' + (kh-1)/s). Then for output pixel p = oh*W' + ow and tap (c, i, j), with
+// i = q*s + r,
 //
-//   x[c, oh + i - padding, ow + j - padding] = shifted[c, j][p + i*W]
+//   x[c, oh*s + i - padding, ow*s + j - padding] = copy[c, j, r][p + q*W']
 //
 // so the input values of a run of consecutive output pixels are one contiguous load, whatever
-// row boundaries the run crosses (the sideways zeros are already in the copy). One tile of the
-// output, KB channels x PV batches of pixels, is summed in registers over every tap:
+// row boundaries the run crosses (the sideways zeros are already in the copy). For stride 1 that
+// is kw copies of the image shifted sideways (3x the image for 3x3), for stride 2 six copies of a
+// quarter of it (1.5x). `TapLayout` says where each tap's run starts. One tile of the output,
+// KB channels x PV batches of pixels, is summed in registers over every tap:
 //
-//   y[k, p .. p+L) += w[k, c, i, j] * shifted[c, j][p + i*W .. + L)      for all (c, i, j)
+//   y[k, p .. p+L) += w[k, c, i, j] * copy[c, j, r][p + q*W' .. + L)      for all (c, i, j)
 //
 // a broadcast weight times a loaded pixel batch, KB*PV fused multiply-adds per KB + PV loads.
 // The weights are read as wt[(c*kh + i)*kw + j][k] (pack_weights_for_direct), so the KB weights
 // of a tap are adjacent. The tile is then stored straight into the NCHW output rows.
 //
-// The same kernel gives the input gradient of such a convolution: dx is the convolution of dy
-// with the flipped, transposed kernel (see ops/conv2d.hpp), so pack_weights_for_direct(w, flip)
-// prepares that kernel and the op runs this code on dy.
+// The same kernel gives the input gradient of a stride-1 "same" convolution: dx is the
+// convolution of dy with the flipped, transposed kernel (see ops/conv2d.hpp), so
+// pack_weights_for_direct(w, flip) prepares that kernel and the op runs this code on dy.
 //
-// Applies when stride is 1, kh = kw = 2*padding + 1 and H*W is a multiple of the SIMD width
-// (32x32, 16x16 and 8x8 images all are); ops/conv2d.hpp falls back to im2col + GEMM otherwise.
-// kernels/conv_reference.hpp is the plain version the tests compare this one with.
+// Applies when H'*W' is a multiple of the SIMD width (32x32, 16x16 and 8x8 outputs all are) and
+// the kernel is not 1x1 at stride 1 (that conv is a plain GEMM); ops/conv2d.hpp falls back to
+// im2col + GEMM otherwise. kernels/conv_reference.hpp is the plain version the tests compare
+// this one with.
 #pragma once
 
 #include <algorithm>
@@ -38,42 +41,114 @@
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/im2col.hpp"
 
+// The tile functions below are kept out of line: inlined into the big loops of ops/conv2d.hpp,
+// their 24 accumulators compete with the caller's variables for registers and the hot loop
+// spills (measured: the whole conv ~15% slower).
+#if defined(__GNUC__)
+#define SPEQ_KERNEL_NOINLINE __attribute__((noinline))
+#else
+#define SPEQ_KERNEL_NOINLINE
+#endif
+
 namespace speq::kernels {
 
+// Kernels up to this size have their row offsets in TapLayout (ResNets use 3x3 and 1x1).
+inline constexpr int64_t kMaxDirectKernel = 11;
+
 inline bool direct_conv_applies(const ConvGeometry& g) {
-    return g.stride == 1 && g.kernel_h == g.kernel_w && g.kernel_h == 2 * g.padding + 1 &&
-           (g.height * g.width) % kLanes == 0;
+    return !g.is_pointwise() && g.kernel_h <= kMaxDirectKernel && (g.out_h * g.out_w) % kLanes == 0;
 }
 
-// Floats of the kw shifted copies of one image (see the top of this file).
-inline int64_t shifted_copies_size(const ConvGeometry& g) {
-    return g.channels * g.kernel_w * (g.height + 2 * g.padding) * g.width;
-}
+// Where the tap copies of one image put tap (c, i, j) of output pixel p:
+//   copies + c*channel_stride + row_offset[i] + j*column_stride + p
+struct TapLayout {
+    int64_t phases;      // row phases r kept: min(stride, kh)
+    int64_t rows;        // rows per copy: H' + (kh-1)/s
+    int64_t copy_size;   // rows * W'
+    int64_t channel_stride, column_stride;
+    int64_t row_offset[kMaxDirectKernel];  // (i mod s)*copy_size + (i div s)*W'
 
-// shifted[(c*kw + j)*(H + 2*padding)*W + r*W + w] = x[c, r - padding, w + j - padding], 0 outside.
-// Rows have the same stride W in the image and in the copy, so the whole plane is one copy at a
-// constant offset (shift = j - padding); what that carries across row ends lands in the edge
-// columns, which are then zeroed. (A copy per row costs a library call per 8..32 floats.)
-inline void make_shifted_copies(const ConvGeometry& g, const float* image, float* shifted) {
-    const int64_t H = g.height, W = g.width, pad = g.padding, HW = H * W;
-    const int64_t plane = (H + 2 * pad) * W;
+    static TapLayout of(const ConvGeometry& g) {
+        TapLayout t{};
+        t.phases = std::min(g.stride, g.kernel_h);
+        t.rows = g.out_h + (g.kernel_h - 1) / g.stride;
+        t.copy_size = t.rows * g.out_w;
+        t.column_stride = t.phases * t.copy_size;
+        t.channel_stride = g.kernel_w * t.column_stride;
+        for (int64_t i = 0; i < g.kernel_h && i < kMaxDirectKernel; ++i)
+            t.row_offset[i] = (i % g.stride) * t.copy_size + (i / g.stride) * g.out_w;
+        return t;
+    }
+};
+
+// Floats of the tap copies of one image (see the top of this file).
+inline int64_t tap_copies_size(const ConvGeometry& g) { return g.channels * TapLayout::of(g).channel_stride; }
+
+namespace detail {
+// out[i] = in[2*i] for i < n, when n is one of the row widths with a fixed-size loop; false if not.
+template <int N>
+inline void gather_even_fixed(const float* in, float* out) {
+    for (int i = 0; i < N; ++i) out[i] = in[2 * i];
+}
+inline bool gather_even(const float* in, float* out, int64_t n) {
+    switch (n) {
+        case 8: gather_even_fixed<8>(in, out); return true;
+        case 16: gather_even_fixed<16>(in, out); return true;
+        case 32: gather_even_fixed<32>(in, out); return true;
+        default: return false;
+    }
+}
+}  // namespace detail
+
+// copies[c, j, r][rr*W' + ow] = x[c, rr*s + r - padding, ow*s + j - padding], 0 outside the image.
+inline void make_tap_copies(const ConvGeometry& g, const float* image, float* copies) {
+    const TapLayout t = TapLayout::of(g);
+    const int64_t H = g.height, W = g.width, Wo = g.out_w, pad = g.padding, s = g.stride, HW = H * W;
     for (int64_t c = 0; c < g.channels; ++c) {
         const float* x = image + c * HW;
         for (int64_t j = 0; j < g.kernel_w; ++j) {
-            float* out = shifted + (c * g.kernel_w + j) * plane;
-            std::fill(out, out + pad * W, 0.0f);                // rows above
-            std::fill(out + (H + pad) * W, out + plane, 0.0f);  // rows below
-            float* body = out + pad * W;                        // body[r*W + w] = x[r, w + shift]
-            const int64_t shift = j - pad;
-            const int64_t q0 = std::clamp<int64_t>(-shift, 0, HW), q1 = std::clamp<int64_t>(HW - shift, q0, HW);
-            std::fill(body, body + q0, 0.0f);
-            if (q1 > q0) std::memcpy(body + q0, x + q0 + shift, sizeof(float) * (q1 - q0));
-            std::fill(body + q1, body + HW, 0.0f);
-            // Columns whose input column w + shift is outside [0, W): [0, w_lo) and [w_hi, W).
-            const int64_t w_lo = std::clamp<int64_t>(-shift, 0, W), w_hi = std::clamp<int64_t>(W - shift, w_lo, W);
-            for (int64_t r = 0; r < H; ++r) {
-                for (int64_t w = 0; w < w_lo; ++w) body[r * W + w] = 0.0f;
-                for (int64_t w = w_hi; w < W; ++w) body[r * W + w] = 0.0f;
+            int64_t first, last;  // output columns whose input column lies in the image
+            g.valid_out_cols(j, first, last);
+            for (int64_t r = 0; r < t.phases; ++r) {
+                float* out = copies + c * t.channel_stride + j * t.column_stride + r * t.copy_size;
+                // Copy rows rr whose input row rr*s + r - pad lies in the image: [rr_lo, rr_hi).
+                const int64_t rr_lo = std::clamp<int64_t>((pad - r + s - 1) / s, 0, t.rows);
+                const int64_t rr_hi = std::clamp<int64_t>((H + pad - r + s - 1) / s, rr_lo, t.rows);
+                std::fill(out, out + rr_lo * Wo, 0.0f);                // rows above
+                std::fill(out + rr_hi * Wo, out + t.copy_size, 0.0f);  // rows below
+                if (s == 1 && Wo == W) {
+                    // Rows have the same stride W in the image and in the copy, so all of them are
+                    // one copy at a constant offset; what that carries across row ends lands in the
+                    // edge columns, zeroed next. (A copy per row is a library call per 8..32 floats.)
+                    float* body = out + rr_lo * W;  // body[q] = x[q + shift]
+                    const int64_t shift = (rr_lo - pad) * W + j - pad, n = (rr_hi - rr_lo) * W;
+                    const int64_t q0 = std::clamp<int64_t>(-shift, 0, n), q1 = std::clamp<int64_t>(HW - shift, q0, n);
+                    std::fill(body, body + q0, 0.0f);
+                    if (q1 > q0) std::memcpy(body + q0, x + q0 + shift, sizeof(float) * (q1 - q0));
+                    std::fill(body + q1, body + n, 0.0f);
+                    for (int64_t q = 0; q < n; q += W) {
+                        for (int64_t ow = 0; ow < first; ++ow) body[q + ow] = 0.0f;
+                        for (int64_t ow = last; ow < W; ++ow) body[q + ow] = 0.0f;
+                    }
+                    continue;
+                }
+                for (int64_t rr = rr_lo; rr < rr_hi; ++rr) {
+                    float* row = out + rr * Wo;
+                    // in[ow*s] = x[ih, ow*s + j - pad], at offset `at + ow*s` of this image
+                    const int64_t at = c * HW + (rr * s + r - pad) * W + j - pad;
+                    const float* in = image + at;
+                    // Stride 2 with a whole row inside the image's buffer: gather all of it, a
+                    // compile-time trip count the compiler vectorizes (loads and permutes), and
+                    // zero the edge columns after (they hold neighbouring rows' pixels).
+                    if (s == 2 && at >= 0 && at + 2 * (Wo - 1) < g.channels * HW && detail::gather_even(in, row, Wo)) {
+                        for (int64_t ow = 0; ow < first; ++ow) row[ow] = 0.0f;
+                        for (int64_t ow = last; ow < Wo; ++ow) row[ow] = 0.0f;
+                        continue;
+                    }
+                    for (int64_t ow = 0; ow < first; ++ow) row[ow] = 0.0f;  // edges: a float or two
+                    for (int64_t ow = first; ow < last; ++ow) row[ow] = in[ow * s];
+                    for (int64_t ow = last; ow < Wo; ++ow) row[ow] = 0.0f;
+                }
             }
         }
     }
@@ -103,13 +178,16 @@ namespace detail {
 // One output tile: channels [k0, k0 + KB) x pixels [p0, p0 + PV*L) of one image, summed in registers
 // over the taps of input channels [c_begin, c_end), then stored into y[K, P]. The tile starts from
 // what y holds when `from_output` (a later channel block, or accumulate), else from zero; the bias
-// (may be null) is added with the first channel block.
-template <int KB, int PV, int KS>
-inline void direct_conv_tile(const ConvGeometry& g, const float* shifted, const float* wt, int64_t K,
-                             int64_t k0, int64_t p0, int64_t c_begin, int64_t c_end, const float* bias,
+// (may be null) is added with the first channel block. KS (kernel size) and S (stride), when not
+// 0, are known at compile time, so the offset of kernel row i is two multiplications the
+// compiler keeps out of the loop; this loop is short of issue slots, not of FMA units, so every
+// address computation or reload inside it costs time.
+template <int KB, int PV, int KS, int S>
+SPEQ_KERNEL_NOINLINE inline void direct_conv_tile(const ConvGeometry& g, const TapLayout& t, const float* copies, const float* wt,
+                             int64_t K, int64_t k0, int64_t p0, int64_t c_begin, int64_t c_end, const float* bias,
                              float* y, bool from_output) {
-    const int64_t W = g.width, P = g.height * g.width;
-    const int64_t plane = (g.height + 2 * g.padding) * W;
+    const int64_t P = g.out_h * g.out_w, Wo = g.out_w, copy_size = t.copy_size;
+    const int64_t channel_stride = t.channel_stride, column_stride = t.column_stride;
     const int64_t kh = KS > 0 ? KS : g.kernel_h, kw = KS > 0 ? KS : g.kernel_w;
     FloatBatch acc[KB][PV];
     for (int kb = 0; kb < KB; ++kb) {
@@ -121,7 +199,8 @@ inline void direct_conv_tile(const ConvGeometry& g, const float* shifted, const 
     for (int64_t c = c_begin; c < c_end; ++c)
         for (int64_t i = 0; i < kh; ++i)
             for (int64_t j = 0; j < kw; ++j) {
-                const float* src = shifted + (c * kw + j) * plane + i * W + p0;
+                const int64_t row_offset = S > 0 ? (i / S) * Wo + (i % S) * copy_size : t.row_offset[i];
+                const float* src = copies + c * channel_stride + row_offset + j * column_stride + p0;
                 const float* wk = wt + ((c * kh + i) * kw + j) * K + k0;
                 FloatBatch xv[PV];
                 for (int v = 0; v < PV; ++v) xv[v] = FloatBatch::load_unaligned(src + v * kLanes);
@@ -136,52 +215,67 @@ inline void direct_conv_tile(const ConvGeometry& g, const float* shifted, const 
 
 // Every output channel for pixels [p0, p0 + PV*L) and input channels [c_begin, c_end).
 // 6 channels x 4 pixel batches = 24 accumulators: as many as the 32 vector registers of AVX-512
-// hold beside the 4 loaded batches and a weight. Then 4, 2, 1 for the rest of K.
-template <int PV, int KS>
-inline void direct_conv_pixels(const ConvGeometry& g, const float* shifted, const float* wt, int64_t K,
-                               int64_t p0, int64_t c_begin, int64_t c_end, const float* bias, float* y,
+// hold beside the 4 loaded batches and a weight. Then 4, 2, 1 for the rest of K. (Splitting a
+// remainder of 2 as 4 + 4 instead of 6 + 2 measured no faster at K = 32.)
+template <int PV, int KS, int S>
+inline void direct_conv_pixels(const ConvGeometry& g, const TapLayout& t, const float* copies, const float* wt,
+                               int64_t K, int64_t p0, int64_t c_begin, int64_t c_end, const float* bias, float* y,
                                bool from_output) {
     int64_t k0 = 0;
-    for (; k0 + 6 <= K; k0 += 6) direct_conv_tile<6, PV, KS>(g, shifted, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
-    for (; k0 + 4 <= K; k0 += 4) direct_conv_tile<4, PV, KS>(g, shifted, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
-    for (; k0 + 2 <= K; k0 += 2) direct_conv_tile<2, PV, KS>(g, shifted, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
-    for (; k0 < K; ++k0) direct_conv_tile<1, PV, KS>(g, shifted, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
+    for (; k0 + 6 <= K; k0 += 6)
+        direct_conv_tile<6, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
+    for (; k0 + 4 <= K; k0 += 4)
+        direct_conv_tile<4, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
+    for (; k0 + 2 <= K; k0 += 2)
+        direct_conv_tile<2, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
+    for (; k0 < K; ++k0)
+        direct_conv_tile<1, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
 }
 
-// Input channels per block: the block's part of the shifted copies that one pixel tile reads
-// (kw copies x (tile + (kh-1) rows)) should stay in L1 (~16 KiB) while every output channel
-// is computed from it; otherwise each channel tile streams the whole input from L2 again.
-inline int64_t direct_conv_channel_block(const ConvGeometry& g) {
-    const int64_t floats_per_channel = g.kernel_w * (4 * kLanes + (g.kernel_h - 1) * g.width);
+// The pixel loop of one channel block, at 4 batches or 1, for 3x3 at stride 1 or 2 with the tap
+// loops unrolled at compile time, other kernels with loops.
+template <int PV>
+inline void direct_conv_pixels_any(const ConvGeometry& g, const TapLayout& t, const float* copies, const float* wt,
+                                   int64_t K, int64_t p0, int64_t c_begin, int64_t c_end, const float* bias, float* y,
+                                   bool from_output) {
+    const bool three_by_three = g.kernel_h == 3 && g.kernel_w == 3;
+    if (three_by_three && g.stride == 1)
+        direct_conv_pixels<PV, 3, 1>(g, t, copies, wt, K, p0, c_begin, c_end, bias, y, from_output);
+    else if (three_by_three && g.stride == 2)
+        direct_conv_pixels<PV, 3, 2>(g, t, copies, wt, K, p0, c_begin, c_end, bias, y, from_output);
+    else
+        direct_conv_pixels<PV, 0, 0>(g, t, copies, wt, K, p0, c_begin, c_end, bias, y, from_output);
+}
+
+// Input channels per block: the block's part of the tap copies that one pixel tile reads
+// (kw copies x phases x (tile + rows below)) should stay in L1 (~16 KiB) while every output
+// channel is computed from it; otherwise each channel tile streams the whole input from L2 again.
+inline int64_t direct_conv_channel_block(const ConvGeometry& g, const TapLayout& t) {
+    const int64_t floats_per_channel = g.kernel_w * t.phases * (4 * kLanes + (g.kernel_h - 1) / g.stride * g.out_w);
     return std::clamp<int64_t>(4096 / floats_per_channel, 1, g.channels);
 }
 
 }  // namespace detail
 
-// One image: y[K, H*W] (+)= conv(x) (+ bias), from its shifted copies (make_shifted_copies) and the
+// One image: y[K, H'*W'] (+)= conv(x) (+ bias), from its tap copies (make_tap_copies) and the
 // packed weights wt [C*kh*kw, K] (pack_weights_for_direct). bias may be null. With accumulate the
 // result is added to y (how the input gradient accumulates).
 // Loop order: pixel tiles (4 batches, then single ones), then blocks of input channels, then
 // tiles of output channels.
-inline void direct_conv_image(const ConvGeometry& g, const float* shifted, const float* wt, int64_t K,
+inline void direct_conv_image(const ConvGeometry& g, const float* copies, const float* wt, int64_t K,
                               const float* bias, float* y, bool accumulate) {
-    const int64_t P = g.height * g.width, C = g.channels;
-    const int64_t block = detail::direct_conv_channel_block(g);
-    // 3x3 (every ResNet conv) gets its tap loops unrolled at compile time; other sizes loop.
-    const bool three_by_three = g.kernel_h == 3;
+    const TapLayout t = TapLayout::of(g);
+    const int64_t P = g.out_h * g.out_w, C = g.channels;
+    const int64_t block = detail::direct_conv_channel_block(g, t);
     for (int64_t p0 = 0; p0 < P;) {
         const bool four = p0 + 4 * kLanes <= P;
         for (int64_t c0 = 0; c0 < C; c0 += block) {
             const int64_t c1 = std::min(C, c0 + block);
             const bool from_output = accumulate || c0 > 0;
-            if (three_by_three && four)
-                detail::direct_conv_pixels<4, 3>(g, shifted, wt, K, p0, c0, c1, bias, y, from_output);
-            else if (three_by_three)
-                detail::direct_conv_pixels<1, 3>(g, shifted, wt, K, p0, c0, c1, bias, y, from_output);
-            else if (four)
-                detail::direct_conv_pixels<4, 0>(g, shifted, wt, K, p0, c0, c1, bias, y, from_output);
+            if (four)
+                detail::direct_conv_pixels_any<4>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
             else
-                detail::direct_conv_pixels<1, 0>(g, shifted, wt, K, p0, c0, c1, bias, y, from_output);
+                detail::direct_conv_pixels_any<1>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
         }
         p0 += four ? 4 * kLanes : kLanes;
     }
@@ -190,14 +284,16 @@ inline void direct_conv_image(const ConvGeometry& g, const float* shifted, const
 // ---- Weight gradient ----------------------------------------------------------------------
 //
 //   dW[k, c, i, j] = sum_p dy[k, p] * x[c, oh*s + i - padding, ow*s + j - padding]
-//                  = sum_p shifted[c, j][(oh*s + i)*W + ow*s] * dyT[p, k]      (p = oh*W' + ow)
+//                  = sum_p copy1[c, j][(oh*s + i)*W + ow*s] * dyT[p, k]      (p = oh*W' + ow)
 //
-// vectorized over output channels k: dy is first transposed to dyT [P, K] so that the K values of
+// where copy1 are the tap copies the same kernel would have at stride 1 (make_tap_copies of
+// weight_grad_copies_geometry(g)): the image shifted sideways, one long memcpy per plane, which
+// is faster to make than the stride-2 copies, and the loop below walks them with the stride.
+// Vectorized over output channels k: dy is first transposed to dyT [P, K] so that the K values of
 // a pixel are adjacent. One tile is the kh*kw taps of one input channel c times KV batches of k,
 // summed in registers over every output pixel of the image (a broadcast input value times a loaded
-// dyT batch), then added to dwT [C*kh*kw, K]. Applies to 3x3 kernels with padding 1, stride 1 or 2
-// (the downsampling convs too: the shifted copies are of the input, whatever the stride), K a
-// multiple of the SIMD width, and enough taps (C*9 >= 4 batches) that the FMAs outweigh
+// dyT batch), then added to dwT [C*kh*kw, K]. Applies to 3x3 kernels with padding 1, stride 1 or 2,
+// K a multiple of the SIMD width, and enough taps (C*9 >= 4 batches) that the FMAs outweigh
 // transposing dy: every ResNet-20 conv but the first (C = 3). ops/conv2d.hpp uses im2col + GEMM
 // otherwise.
 
@@ -206,22 +302,27 @@ inline bool direct_weight_grad_applies(const ConvGeometry& g, int64_t K) {
            K % kLanes == 0 && g.channels * 9 >= 4 * kLanes;
 }
 
+// The geometry whose tap copies the weight gradient reads: g at stride 1.
+inline ConvGeometry weight_grad_copies_geometry(const ConvGeometry& g) {
+    return ConvGeometry::make(g.channels, g.height, g.width, g.kernel_h, g.kernel_w, 1, g.padding);
+}
+
 namespace detail {
 
 template <int KV>
-inline void direct_weight_grad_tile(const ConvGeometry& g, const float* shifted, const float* dyT, int64_t K,
+inline void direct_weight_grad_tile(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
                                     int64_t k0, int64_t c, float* dwT) {
     constexpr int kTaps = 9;  // 3x3
     const int64_t W = g.width, S = g.stride;
-    const int64_t plane = (g.height + 2 * g.padding) * W;
-    const float* copy[3] = {shifted + (c * 3 + 0) * plane, shifted + (c * 3 + 1) * plane,
-                            shifted + (c * 3 + 2) * plane};
+    const int64_t plane = (g.height + 2 * g.padding) * W;  // one stride-1 copy
+    const float* copy[3] = {copies + (c * 3 + 0) * plane, copies + (c * 3 + 1) * plane,
+                            copies + (c * 3 + 2) * plane};
     FloatBatch acc[kTaps][KV];
     for (int t = 0; t < kTaps; ++t)
         for (int v = 0; v < KV; ++v) acc[t][v] = FloatBatch(0.0f);
     for (int64_t oh = 0; oh < g.out_h; ++oh)
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const int64_t at = oh * S * W + ow * S;  // shifted[c, j][at + i*W] is tap (i, j) of pixel (oh, ow)
+            const int64_t at = oh * S * W + ow * S;  // copy[j][at + i*W] is tap (i, j) of pixel (oh, ow)
             const float* dy_p = dyT + (oh * g.out_w + ow) * K + k0;
             FloatBatch d[KV];
             for (int v = 0; v < KV; ++v) d[v] = FloatBatch::load_unaligned(dy_p + v * kLanes);
@@ -240,15 +341,16 @@ inline void direct_weight_grad_tile(const ConvGeometry& g, const float* shifted,
 
 }  // namespace detail
 
-// One image: dwT [C*9, K] += the weight gradient of a 3x3 conv, from the image's shifted copies
-// (make_shifted_copies) and its output gradient transposed, dyT [H'*W', K].
-// Tiles of 2 batches of k (18 accumulators) while they last, then single batches.
-inline void direct_weight_grad_image(const ConvGeometry& g, const float* shifted, const float* dyT, int64_t K,
+// One image: dwT [C*9, K] += the weight gradient of a 3x3 conv g, from the image's tap copies at
+// stride 1 (make_tap_copies(weight_grad_copies_geometry(g), ...)) and its output gradient
+// transposed, dyT [H'*W', K]. Tiles of 2 batches of k (18 accumulators) while they last, then
+// single batches.
+inline void direct_weight_grad_image(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
                                      float* dwT) {
     for (int64_t c = 0; c < g.channels; ++c) {
         int64_t k0 = 0;
-        for (; k0 + 2 * kLanes <= K; k0 += 2 * kLanes) detail::direct_weight_grad_tile<2>(g, shifted, dyT, K, k0, c, dwT);
-        for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, shifted, dyT, K, k0, c, dwT);
+        for (; k0 + 2 * kLanes <= K; k0 += 2 * kLanes) detail::direct_weight_grad_tile<2>(g, copies, dyT, K, k0, c, dwT);
+        for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, copies, dyT, K, k0, c, dwT);
     }
 }
 

@@ -1,5 +1,5 @@
-// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch): direct for stride 1 with
-// "same" padding (kernels/conv_direct.hpp), by im2col + GEMM otherwise.
+// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch): direct where the output
+// has a multiple of the SIMD width of pixels (kernels/conv_direct.hpp), by im2col + GEMM otherwise.
 #pragma once
 
 #include <algorithm>
@@ -59,7 +59,7 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
 //
 // Per image n, with col_n = im2col(x_n): [C*kh*kw, H'W'] and W viewed as [K, C*kh*kw]:
 //   y_n = W col_n + b                                   ([K, H'W'])
-// (For stride 1 with "same" padding the same sum is computed without col: kernels/conv_direct.hpp.)
+// (Where kernels::direct_conv_applies, the same sum is computed without col: kernels/conv_direct.hpp.)
 //
 // Backward, with dy_n = dL/dy_n ([K, H'W']):
 //   dx_n += col2im(W^T dy_n)       (col2im is the adjoint of im2col)
@@ -70,7 +70,7 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
 //           the direct kernel computes this convolution too, without im2col(dy_n).
 //   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
 //           For 3x3, padding 1, stride 1 or 2 (with enough channels), without col:
-//           kernels/conv_direct.hpp sums it from the shifted copies of x_n and dy_n transposed,
+//           kernels/conv_direct.hpp sums it from the stride-1 tap copies of x_n and dy_n transposed,
 //           into dW^T [C*kh*kw, K] per group.
 //   db   += sum_{n, h', w'} dy[n, :, h', w']
 // The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
@@ -90,10 +90,10 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const Tensor packed = direct ? kernels::pack_weights_for_direct(weight.value(), false) : Tensor();
         parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
             if (direct) {
-                Tensor shifted = Tensor::uninitialized({kernels::shifted_copies_size(g)});
+                Tensor copies = Tensor::uninitialized({kernels::tap_copies_size(g)});
                 for (int64_t n = first; n < last; ++n) {
-                    kernels::make_shifted_copies(g, xp + n * g.image_size(), shifted.data());
-                    kernels::direct_conv_image(g, shifted.data(), packed.data(), K, bp, yp + n * K * P, false);
+                    kernels::make_tap_copies(g, xp + n * g.image_size(), copies.data());
+                    kernels::direct_conv_image(g, copies.data(), packed.data(), K, bp, yp + n * K * P, false);
                 }
                 return;
             }
@@ -124,6 +124,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         bool dx_fresh = false;  // a new dx is written, not added to (every path below covers each image)
         float* dx = need_dx ? x.grad_for_write(dx_fresh).data() : nullptr;
         const bool dw_direct = need_dw && kernels::direct_weight_grad_applies(g, K);
+        const kernels::ConvGeometry g_dw = kernels::weight_grad_copies_geometry(g);  // its copies are at stride 1
         Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();  // [groups, R, K] if dw_direct
         Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
 
@@ -140,11 +141,11 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
             const bool use_col = need_dw && !g.is_pointwise() && !dw_direct;
             const bool use_dcol = need_dx && !g.is_pointwise() && !dx_by_conv;
             Tensor col = use_col     ? Tensor::uninitialized({R, P})
-                         : dw_direct ? Tensor::uninitialized({kernels::shifted_copies_size(g)})
+                         : dw_direct ? Tensor::uninitialized({kernels::tap_copies_size(g_dw)})
                                      : Tensor();
             Tensor dy_t = dw_direct ? Tensor::uninitialized({P, K}) : Tensor();  // dy_n transposed
             Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();
-            Tensor dy_col = dx_direct    ? Tensor::uninitialized({kernels::shifted_copies_size(gt)})
+            Tensor dy_col = dx_direct    ? Tensor::uninitialized({kernels::tap_copies_size(gt)})
                             : dx_by_conv ? Tensor::uninitialized({gt.col_rows(), gt.col_cols()})
                                          : Tensor();
             for (int64_t n = first; n < last; ++n) {
@@ -152,7 +153,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                 if (need_dx) {  // dx_n += col2im(W^T dy_n); for a pointwise conv col2im is the identity
                     float* dx_n = dx + n * g.image_size();
                     if (dx_direct) {  // the same convolution, by the direct kernel
-                        kernels::make_shifted_copies(gt, dy_n, dy_col.data());
+                        kernels::make_tap_copies(gt, dy_n, dy_col.data());
                         kernels::direct_conv_image(gt, dy_col.data(), flipped.data(), g.channels, nullptr, dx_n, !dx_fresh);
                     } else if (dx_by_conv) {  // dx_n += Wf im2col(dy_n)
                         kernels::im2col(gt, dy_n, dy_col.data());
@@ -167,7 +168,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                     }
                 }
                 if (dw_direct) {  // dW^T_group += the direct kernel's sum for image n
-                    kernels::make_shifted_copies(g, xp + n * g.image_size(), col.data());
+                    kernels::make_tap_copies(g_dw, xp + n * g.image_size(), col.data());
                     kernels::transpose(K, P, dy_n, dy_t.data());
                     kernels::direct_weight_grad_image(g, col.data(), dy_t.data(), K, dw_parts.data() + group * R * K);
                 } else if (need_dw) {  // dW_group += dy_n col_n^T
