@@ -134,19 +134,18 @@ inline void make_tap_copies(const ConvGeometry& g, const float* image, float* co
                 }
                 for (int64_t rr = rr_lo; rr < rr_hi; ++rr) {
                     float* row = out + rr * Wo;
-                    // in[ow*s] = x[ih, ow*s + j - pad], at offset `at + ow*s` of this image
-                    const int64_t at = c * HW + (rr * s + r - pad) * W + j - pad;
-                    const float* in = image + at;
+                    // x[ih, ow*s + j - pad] is image[at + ow*s]
+                    const int64_t at = c * HW + (rr * s + r - pad) * W + j - pad;  // may be < 0 (ow = 0 in the padding)
                     // Stride 2 with a whole row inside the image's buffer: gather all of it, a
                     // compile-time trip count the compiler vectorizes (loads and permutes), and
                     // zero the edge columns after (they hold neighbouring rows' pixels).
-                    if (s == 2 && at >= 0 && at + 2 * (Wo - 1) < g.channels * HW && detail::gather_even(in, row, Wo)) {
+                    if (s == 2 && at >= 0 && at + 2 * (Wo - 1) < g.channels * HW && detail::gather_even(image + at, row, Wo)) {
                         for (int64_t ow = 0; ow < first; ++ow) row[ow] = 0.0f;
                         for (int64_t ow = last; ow < Wo; ++ow) row[ow] = 0.0f;
                         continue;
                     }
                     for (int64_t ow = 0; ow < first; ++ow) row[ow] = 0.0f;  // edges: a float or two
-                    for (int64_t ow = first; ow < last; ++ow) row[ow] = in[ow * s];
+                    for (int64_t ow = first; ow < last; ++ow) row[ow] = image[at + ow * s];
                     for (int64_t ow = last; ow < Wo; ++ow) row[ow] = 0.0f;
                 }
             }
