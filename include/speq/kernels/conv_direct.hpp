@@ -27,9 +27,9 @@
 // convolution of dy with the flipped, transposed kernel (see ops/conv2d.hpp), so
 // pack_weights_for_direct(w, flip) prepares that kernel and the op runs this code on dy.
 //
-// Applies when H'*W' is a multiple of the SIMD width (32x32, 16x16 and 8x8 outputs all are) and
-// the kernel is not 1x1 at stride 1 (that conv is a plain GEMM); ops/conv2d.hpp falls back to
-// im2col + GEMM otherwise. kernels/conv_reference.hpp is the plain version the tests compare
+// Applies when H'*W' is a multiple of the SIMD width (32x32, 16x16 and 8x8 outputs all are), kh is
+// at most kMaxDirectKernel, and the conv is not pointwise (1x1, stride 1, no padding: that one is
+// a plain GEMM on the image); ops/conv2d.hpp falls back to im2col + GEMM otherwise. kernels/conv_reference.hpp is the plain version the tests compare
 // this one with.
 #pragma once
 
