@@ -29,8 +29,8 @@
 //
 // Applies when H'*W' is a multiple of the SIMD width (32x32, 16x16 and 8x8 outputs all are), kh is
 // at most kMaxDirectKernel, and the conv is not pointwise (1x1, stride 1, no padding: that one is
-// a plain GEMM on the image); ops/conv2d.hpp falls back to im2col + GEMM otherwise. kernels/conv_reference.hpp is the plain version the tests compare
-// this one with.
+// a plain GEMM on the image); ops/conv2d.hpp falls back to im2col + GEMM otherwise.
+// kernels/conv_reference.hpp is the plain version the tests compare this one with.
 #pragma once
 
 #include <algorithm>
@@ -41,9 +41,9 @@
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/im2col.hpp"
 
-// The tile functions below are kept out of line: inlined into the big loops of ops/conv2d.hpp,
-// their 24 accumulators compete with the caller's variables for registers and the hot loop
-// spills (measured: the whole conv ~15% slower).
+// The conv tile below is kept out of line, so that its 24 accumulators and loop get a function of
+// their own instead of sharing registers with ops/conv2d.hpp's loops (in the profile of a build
+// that inlined it, the conv ran slower; how much of that was inlining was not isolated).
 #if defined(__GNUC__)
 #define SPEQ_KERNEL_NOINLINE __attribute__((noinline))
 #else
@@ -59,6 +59,11 @@ inline bool direct_conv_applies(const ConvGeometry& g) {
     return !g.is_pointwise() && g.kernel_h <= kMaxDirectKernel && (g.out_h * g.out_w) % kLanes == 0;
 }
 
+// Offset of kernel row i = q*s + r within a channel's copies of column j: phase r's copy, row q.
+inline int64_t tap_row_offset(int64_t i, int64_t stride, int64_t copy_size, int64_t out_w) {
+    return (i % stride) * copy_size + (i / stride) * out_w;
+}
+
 // Where the tap copies of one image put tap (c, i, j) of output pixel p:
 //   copies + c*channel_stride + row_offset[i] + j*column_stride + p
 struct TapLayout {
@@ -66,7 +71,7 @@ struct TapLayout {
     int64_t rows;        // rows per copy: H' + (kh-1)/s
     int64_t copy_size;   // rows * W'
     int64_t channel_stride, column_stride;
-    int64_t row_offset[kMaxDirectKernel];  // (i mod s)*copy_size + (i div s)*W'
+    int64_t row_offset[kMaxDirectKernel];  // tap_row_offset(i, ...)
 
     static TapLayout of(const ConvGeometry& g) {
         TapLayout t{};
@@ -76,7 +81,7 @@ struct TapLayout {
         t.column_stride = t.phases * t.copy_size;
         t.channel_stride = g.kernel_w * t.column_stride;
         for (int64_t i = 0; i < g.kernel_h && i < kMaxDirectKernel; ++i)
-            t.row_offset[i] = (i % g.stride) * t.copy_size + (i / g.stride) * g.out_w;
+            t.row_offset[i] = tap_row_offset(i, g.stride, t.copy_size, g.out_w);
         return t;
     }
 };
@@ -198,7 +203,7 @@ SPEQ_KERNEL_NOINLINE inline void direct_conv_tile(const ConvGeometry& g, const T
     for (int64_t c = c_begin; c < c_end; ++c)
         for (int64_t i = 0; i < kh; ++i)
             for (int64_t j = 0; j < kw; ++j) {
-                const int64_t row_offset = S > 0 ? (i / S) * Wo + (i % S) * copy_size : t.row_offset[i];
+                const int64_t row_offset = S > 0 ? tap_row_offset(i, S, copy_size, Wo) : t.row_offset[i];
                 const float* src = copies + c * channel_stride + row_offset + j * column_stride + p0;
                 const float* wk = wt + ((c * kh + i) * kw + j) * K + k0;
                 FloatBatch xv[PV];
@@ -309,13 +314,12 @@ inline ConvGeometry weight_grad_copies_geometry(const ConvGeometry& g) {
 namespace detail {
 
 template <int KV>
-inline void direct_weight_grad_tile(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
-                                    int64_t k0, int64_t c, float* dwT) {
+inline void direct_weight_grad_tile(const ConvGeometry& g, const TapLayout& t1, const float* copies,
+                                    const float* dyT, int64_t K, int64_t k0, int64_t c, float* dwT) {
     constexpr int kTaps = 9;  // 3x3
-    const int64_t W = g.width, S = g.stride;
-    const int64_t plane = (g.height + 2 * g.padding) * W;  // one stride-1 copy
-    const float* copy[3] = {copies + (c * 3 + 0) * plane, copies + (c * 3 + 1) * plane,
-                            copies + (c * 3 + 2) * plane};
+    const int64_t W = g.width, S = g.stride;  // t1: the stride-1 layout, whose rows are W wide
+    const float* channel = copies + c * t1.channel_stride;
+    const float* copy[3] = {channel, channel + t1.column_stride, channel + 2 * t1.column_stride};
     FloatBatch acc[kTaps][KV];
     for (int t = 0; t < kTaps; ++t)
         for (int v = 0; v < KV; ++v) acc[t][v] = FloatBatch(0.0f);
@@ -346,10 +350,11 @@ inline void direct_weight_grad_tile(const ConvGeometry& g, const float* copies, 
 // single batches.
 inline void direct_weight_grad_image(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
                                      float* dwT) {
+    const TapLayout t1 = TapLayout::of(weight_grad_copies_geometry(g));
     for (int64_t c = 0; c < g.channels; ++c) {
         int64_t k0 = 0;
-        for (; k0 + 2 * kLanes <= K; k0 += 2 * kLanes) detail::direct_weight_grad_tile<2>(g, copies, dyT, K, k0, c, dwT);
-        for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, copies, dyT, K, k0, c, dwT);
+        for (; k0 + 2 * kLanes <= K; k0 += 2 * kLanes) detail::direct_weight_grad_tile<2>(g, t1, copies, dyT, K, k0, c, dwT);
+        for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, t1, copies, dyT, K, k0, c, dwT);
     }
 }
 
