@@ -41,7 +41,7 @@
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/im2col.hpp"
 
-// The conv tile below is kept out of line, so that its 24 accumulators and loop get a function of
+// The conv tile below is kept out of line, so that its accumulators and loop get a function of
 // their own instead of sharing registers with ops/conv2d.hpp's loops (in the profile of a build
 // that inlined it, the conv ran slower; how much of that was inlining was not isolated).
 #if defined(__GNUC__)
@@ -54,6 +54,46 @@ namespace speq::kernels {
 
 // Kernels up to this size have their row offsets in TapLayout (ResNets use 3x3 and 1x1).
 inline constexpr int64_t kMaxDirectKernel = 11;
+
+// The register tiles below are sized to the vector register file: 32 registers with AVX-512
+// (and on AArch64), 16 with AVX2 and SSE. A tile with more accumulators than fit spills them to
+// the stack on every tap: on an AVX2 machine (AMD EPYC) the AVX-512 shapes ran the forward at
+// 0.55-0.68x the speed of the AVX2 ones below, the backward at 0.71-0.91x. The macros let a new
+// CPU be tuned without editing this file.
+#if XSIMD_WITH_AVX512F || defined(__aarch64__)
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
+#ifndef SPEQ_DIRECT_TILE_CHANNELS
+#define SPEQ_DIRECT_TILE_CHANNELS 6
+#endif
+#ifndef SPEQ_DIRECT_TILE_BATCHES
+#define SPEQ_DIRECT_TILE_BATCHES (kVectorRegisters >= 32 ? 4 : 2)
+#endif
+#ifndef SPEQ_WGRAD_TILE_BATCHES
+#define SPEQ_WGRAD_TILE_BATCHES (kVectorRegisters >= 32 ? 2 : 1)
+#endif
+// Forward / dx tile: kTileChannels output channels x kTileBatches batches of L pixels, held in
+// registers beside the kTileBatches loaded pixel batches and one broadcast weight: 6 x 4 = 24
+// accumulators + 5 with 32 registers, 6 x 2 = 12 + 3 with 16.
+inline constexpr int kTileChannels = SPEQ_DIRECT_TILE_CHANNELS;
+inline constexpr int kTileBatches = SPEQ_DIRECT_TILE_BATCHES;
+// Weight-gradient tile: 9 taps x kWeightGradBatches batches of L output channels (18 + 3
+// registers with 32; 9 + 2 with 16).
+inline constexpr int kWeightGradBatches = SPEQ_WGRAD_TILE_BATCHES;
+
+namespace detail {
+// With 16 registers GCC folds each loaded pixel batch into the KB FMAs that use it (a memory
+// operand per FMA: KB loads instead of one), and the tile becomes load-bound. An empty asm
+// statement that claims to modify the register makes the load happen once, into a register.
+// Not applied with 32 registers: the AVX-512 tile was tuned and measured without it.
+inline void keep_in_register([[maybe_unused]] FloatBatch& b) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    if constexpr (kVectorRegisters < 32) __asm__("" : "+v"(b.data));
+#endif
+}
+}  // namespace detail
 
 inline bool direct_conv_applies(const ConvGeometry& g) {
     return !g.is_pointwise() && g.kernel_h <= kMaxDirectKernel && (g.out_h * g.out_w) % kLanes == 0;
@@ -207,7 +247,10 @@ SPEQ_KERNEL_NOINLINE inline void direct_conv_tile(const ConvGeometry& g, const T
                 const float* src = copies + c * channel_stride + row_offset + j * column_stride + p0;
                 const float* wk = wt + ((c * kh + i) * kw + j) * K + k0;
                 FloatBatch xv[PV];
-                for (int v = 0; v < PV; ++v) xv[v] = FloatBatch::load_unaligned(src + v * kLanes);
+                for (int v = 0; v < PV; ++v) {
+                    xv[v] = FloatBatch::load_unaligned(src + v * kLanes);
+                    detail::keep_in_register(xv[v]);
+                }
                 for (int kb = 0; kb < KB; ++kb) {
                     const FloatBatch wv(wk[kb]);
                     for (int v = 0; v < PV; ++v) acc[kb][v] = xsimd::fma(wv, xv[v], acc[kb][v]);
@@ -217,18 +260,17 @@ SPEQ_KERNEL_NOINLINE inline void direct_conv_tile(const ConvGeometry& g, const T
         for (int v = 0; v < PV; ++v) acc[kb][v].store_unaligned(y + (k0 + kb) * P + p0 + v * kLanes);
 }
 
-// Every output channel for pixels [p0, p0 + PV*L) and input channels [c_begin, c_end).
-// 6 channels x 4 pixel batches = 24 accumulators: as many as the 32 vector registers of AVX-512
-// hold beside the 4 loaded batches and a weight. Then 4, 2, 1 for the rest of K. (Splitting a
-// remainder of 2 as 4 + 4 instead of 6 + 2 measured no faster at K = 32.)
+// Every output channel for pixels [p0, p0 + PV*L) and input channels [c_begin, c_end), in tiles
+// of kTileChannels channels, then 4, 2, 1 for the rest of K (with AVX-512, splitting a remainder
+// of 2 as 4 + 4 instead of 6 + 2 measured no faster at K = 32).
 template <int PV, int KS, int S>
 inline void direct_conv_pixels(const ConvGeometry& g, const TapLayout& t, const float* copies, const float* wt,
                                int64_t K, int64_t p0, int64_t c_begin, int64_t c_end, const float* bias, float* y,
                                bool from_output) {
     int64_t k0 = 0;
-    for (; k0 + 6 <= K; k0 += 6)
-        direct_conv_tile<6, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
-    for (; k0 + 4 <= K; k0 += 4)
+    for (; k0 + kTileChannels <= K; k0 += kTileChannels)
+        direct_conv_tile<kTileChannels, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
+    for (; kTileChannels > 4 && k0 + 4 <= K; k0 += 4)
         direct_conv_tile<4, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
     for (; k0 + 2 <= K; k0 += 2)
         direct_conv_tile<2, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
@@ -236,7 +278,7 @@ inline void direct_conv_pixels(const ConvGeometry& g, const TapLayout& t, const 
         direct_conv_tile<1, PV, KS, S>(g, t, copies, wt, K, k0, p0, c_begin, c_end, bias, y, from_output);
 }
 
-// The pixel loop of one channel block, at 4 batches or 1, for 3x3 at stride 1 or 2 with the tap
+// The pixel loop of one channel block, at kTileBatches batches or 1, for 3x3 at stride 1 or 2 with the tap
 // loops unrolled at compile time, other kernels with loops.
 template <int PV>
 inline void direct_conv_pixels_any(const ConvGeometry& g, const TapLayout& t, const float* copies, const float* wt,
@@ -255,7 +297,8 @@ inline void direct_conv_pixels_any(const ConvGeometry& g, const TapLayout& t, co
 // (kw copies x phases x (tile + rows below)) should stay in L1 (~16 KiB) while every output
 // channel is computed from it; otherwise each channel tile streams the whole input from L2 again.
 inline int64_t direct_conv_channel_block(const ConvGeometry& g, const TapLayout& t) {
-    const int64_t floats_per_channel = g.kernel_w * t.phases * (4 * kLanes + (g.kernel_h - 1) / g.stride * g.out_w);
+    const int64_t floats_per_channel =
+        g.kernel_w * t.phases * (kTileBatches * kLanes + (g.kernel_h - 1) / g.stride * g.out_w);
     return std::clamp<int64_t>(4096 / floats_per_channel, 1, g.channels);
 }
 
@@ -264,24 +307,24 @@ inline int64_t direct_conv_channel_block(const ConvGeometry& g, const TapLayout&
 // One image: y[K, H'*W'] (+)= conv(x) (+ bias), from its tap copies (make_tap_copies) and the
 // packed weights wt [C*kh*kw, K] (pack_weights_for_direct). bias may be null. With accumulate the
 // result is added to y (how the input gradient accumulates).
-// Loop order: pixel tiles (4 batches, then single ones), then blocks of input channels, then
-// tiles of output channels.
+// Loop order: pixel tiles (kTileBatches batches, then single ones), then blocks of input
+// channels, then tiles of output channels.
 inline void direct_conv_image(const ConvGeometry& g, const float* copies, const float* wt, int64_t K,
                               const float* bias, float* y, bool accumulate) {
     const TapLayout t = TapLayout::of(g);
     const int64_t P = g.out_h * g.out_w, C = g.channels;
     const int64_t block = detail::direct_conv_channel_block(g, t);
     for (int64_t p0 = 0; p0 < P;) {
-        const bool four = p0 + 4 * kLanes <= P;
+        const bool whole_tile = p0 + kTileBatches * kLanes <= P;
         for (int64_t c0 = 0; c0 < C; c0 += block) {
             const int64_t c1 = std::min(C, c0 + block);
             const bool from_output = accumulate || c0 > 0;
-            if (four)
-                detail::direct_conv_pixels_any<4>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
+            if (whole_tile)
+                detail::direct_conv_pixels_any<kTileBatches>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
             else
                 detail::direct_conv_pixels_any<1>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
         }
-        p0 += four ? 4 * kLanes : kLanes;
+        p0 += whole_tile ? kTileBatches * kLanes : kLanes;
     }
 }
 
@@ -346,14 +389,15 @@ inline void direct_weight_grad_tile(const ConvGeometry& g, const TapLayout& t1, 
 
 // One image: dwT [C*9, K] += the weight gradient of a 3x3 conv g, from the image's tap copies at
 // stride 1 (make_tap_copies(weight_grad_copies_geometry(g), ...)) and its output gradient
-// transposed, dyT [H'*W', K]. Tiles of 2 batches of k (18 accumulators) while they last, then
-// single batches.
+// transposed, dyT [H'*W', K]. Tiles of kWeightGradBatches batches of k (2 with AVX-512: 18
+// accumulators; 1 with AVX2's 16 registers) while they last, then single batches.
 inline void direct_weight_grad_image(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
                                      float* dwT) {
     const TapLayout t1 = TapLayout::of(weight_grad_copies_geometry(g));
     for (int64_t c = 0; c < g.channels; ++c) {
         int64_t k0 = 0;
-        for (; k0 + 2 * kLanes <= K; k0 += 2 * kLanes) detail::direct_weight_grad_tile<2>(g, t1, copies, dyT, K, k0, c, dwT);
+        for (; k0 + kWeightGradBatches * kLanes <= K; k0 += kWeightGradBatches * kLanes)
+            detail::direct_weight_grad_tile<kWeightGradBatches>(g, t1, copies, dyT, K, k0, c, dwT);
         for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, t1, copies, dyT, K, k0, c, dwT);
     }
 }
