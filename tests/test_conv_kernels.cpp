@@ -115,6 +115,7 @@ TEST_CASE("conv2d: the direct kernel (stride 1, same padding) matches the refere
         {1, 3, 5, 8, 9, 3},    // 40 pixels: two 2-batch pixel tiles, then a single batch (with 8 lanes)
         {1, 2, 16, 1, 3, 3},   // one column: every sideways shift leaves the image
         {1, 8, 16, 1, 16, 3},  // the same with C = 8, K = 16: the direct weight gradient too
+        {1, 8, 1, 16, 16, 3},  // one row: the weight gradient's kernel rows 0 and 2 both outside
         {1, 3, 4, 4, 5, 5},    // 5x5, padding 2, image barely bigger than the kernel
         {3, 16, 8, 8, 32, 3},  // a ResNet stage-3-like shape, small (K = 32: direct weight gradient)
         {2, 8, 8, 8, 48, 3},   // K = 48: weight-gradient tiles of 2 batches and of 1 (16 lanes)

@@ -79,8 +79,9 @@ inline constexpr int kVectorRegisters = 16;
 // accumulators + 5 with 32 registers, 6 x 2 = 12 + 3 with 16.
 inline constexpr int kTileChannels = SPEQ_DIRECT_TILE_CHANNELS;
 inline constexpr int kTileBatches = SPEQ_DIRECT_TILE_BATCHES;
-// Weight-gradient tile: 9 taps x kWeightGradBatches batches of L output channels (18 + 3
-// registers with 32; 9 + 2 with 16).
+// Weight-gradient tiles (kernels/conv_weight_grad.hpp): 9 taps x kWeightGradBatches batches of
+// L output channels as accumulators (18 with 32 registers, 9 with 16), beside 1 or 3 loaded dy
+// batches per batch and a broadcast input value.
 inline constexpr int kWeightGradBatches = SPEQ_WGRAD_TILE_BATCHES;
 
 namespace detail {
@@ -325,80 +326,6 @@ inline void direct_conv_image(const ConvGeometry& g, const float* copies, const 
                 detail::direct_conv_pixels_any<1>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
         }
         p0 += whole_tile ? kTileBatches * kLanes : kLanes;
-    }
-}
-
-// ---- Weight gradient ----------------------------------------------------------------------
-//
-//   dW[k, c, i, j] = sum_p dy[k, p] * x[c, oh*s + i - padding, ow*s + j - padding]
-//                  = sum_p copy1[c, j][(oh*s + i)*W + ow*s] * dyT[p, k]      (p = oh*W' + ow)
-//
-// where copy1 are the tap copies the same kernel would have at stride 1 (make_tap_copies of
-// weight_grad_copies_geometry(g)): the image shifted sideways, one long memcpy per plane, which
-// is faster to make than the stride-2 copies, and the loop below walks them with the stride.
-// Vectorized over output channels k: dy is first transposed to dyT [P, K] so that the K values of
-// a pixel are adjacent. One tile is the kh*kw taps of one input channel c times KV batches of k,
-// summed in registers over every output pixel of the image (a broadcast input value times a loaded
-// dyT batch), then added to dwT [C*kh*kw, K]. Applies to 3x3 kernels with padding 1, stride 1 or 2,
-// K a multiple of the SIMD width, and enough taps (C*9 >= 4 batches) that the FMAs outweigh
-// transposing dy: every ResNet-20 conv but the first (C = 3). ops/conv2d.hpp uses im2col + GEMM
-// otherwise.
-
-inline bool direct_weight_grad_applies(const ConvGeometry& g, int64_t K) {
-    return g.kernel_h == 3 && g.kernel_w == 3 && g.padding == 1 && (g.stride == 1 || g.stride == 2) &&
-           K % kLanes == 0 && g.channels * 9 >= 4 * kLanes;
-}
-
-// The geometry whose tap copies the weight gradient reads: g at stride 1.
-inline ConvGeometry weight_grad_copies_geometry(const ConvGeometry& g) {
-    return ConvGeometry::make(g.channels, g.height, g.width, g.kernel_h, g.kernel_w, 1, g.padding);
-}
-
-namespace detail {
-
-template <int KV>
-inline void direct_weight_grad_tile(const ConvGeometry& g, const TapLayout& t1, const float* copies,
-                                    const float* dyT, int64_t K, int64_t k0, int64_t c, float* dwT) {
-    constexpr int kTaps = 9;  // 3x3
-    const int64_t W = g.width, S = g.stride;  // t1: the stride-1 layout, whose rows are W wide
-    const float* channel = copies + c * t1.channel_stride;
-    const float* copy[3] = {channel, channel + t1.column_stride, channel + 2 * t1.column_stride};
-    FloatBatch acc[kTaps][KV];
-    for (int t = 0; t < kTaps; ++t)
-        for (int v = 0; v < KV; ++v) acc[t][v] = FloatBatch(0.0f);
-    for (int64_t oh = 0; oh < g.out_h; ++oh)
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const int64_t at = oh * S * W + ow * S;  // copy[j][at + i*W] is tap (i, j) of pixel (oh, ow)
-            const float* dy_p = dyT + (oh * g.out_w + ow) * K + k0;
-            FloatBatch d[KV];
-            for (int v = 0; v < KV; ++v) d[v] = FloatBatch::load_unaligned(dy_p + v * kLanes);
-            for (int i = 0; i < 3; ++i)
-                for (int j = 0; j < 3; ++j) {
-                    const FloatBatch xv(copy[j][at + i * W]);
-                    for (int v = 0; v < KV; ++v) acc[i * 3 + j][v] = xsimd::fma(xv, d[v], acc[i * 3 + j][v]);
-                }
-        }
-    for (int t = 0; t < kTaps; ++t)
-        for (int v = 0; v < KV; ++v) {
-            float* out = dwT + (c * kTaps + t) * K + k0 + v * kLanes;
-            (FloatBatch::load_unaligned(out) + acc[t][v]).store_unaligned(out);
-        }
-}
-
-}  // namespace detail
-
-// One image: dwT [C*9, K] += the weight gradient of a 3x3 conv g, from the image's tap copies at
-// stride 1 (make_tap_copies(weight_grad_copies_geometry(g), ...)) and its output gradient
-// transposed, dyT [H'*W', K]. Tiles of kWeightGradBatches batches of k (2 with AVX-512: 18
-// accumulators; 1 with AVX2's 16 registers) while they last, then single batches.
-inline void direct_weight_grad_image(const ConvGeometry& g, const float* copies, const float* dyT, int64_t K,
-                                     float* dwT) {
-    const TapLayout t1 = TapLayout::of(weight_grad_copies_geometry(g));
-    for (int64_t c = 0; c < g.channels; ++c) {
-        int64_t k0 = 0;
-        for (; k0 + kWeightGradBatches * kLanes <= K; k0 += kWeightGradBatches * kLanes)
-            detail::direct_weight_grad_tile<kWeightGradBatches>(g, t1, copies, dyT, K, k0, c, dwT);
-        for (; k0 < K; k0 += kLanes) detail::direct_weight_grad_tile<1>(g, t1, copies, dyT, K, k0, c, dwT);
     }
 }
 

@@ -8,6 +8,7 @@
 #include "speq/core/tape.hpp"
 #include "speq/core/threads.hpp"
 #include "speq/kernels/conv_direct.hpp"
+#include "speq/kernels/conv_weight_grad.hpp"
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/gemm.hpp"
 #include "speq/kernels/im2col.hpp"
@@ -70,8 +71,8 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
 //           the direct kernel computes this convolution too, without im2col(dy_n).
 //   dW   += sum_n dy_n col_n^T     (per fixed image group, then the groups in order)
 //           For 3x3, padding 1, stride 1 or 2 (with enough channels), without col:
-//           kernels/conv_direct.hpp sums it from the stride-1 tap copies of x_n and dy_n transposed,
-//           into dW^T [C*kh*kw, K] per group.
+//           kernels/conv_weight_grad.hpp sums it into dW^T [C*kh*kw, K] per group, from x_n itself
+//           and dy_n transposed (stride 1) or from x_n's stride-1 tap copies (stride 2).
 //   db   += sum_{n, h', w'} dy[n, :, h', w']
 // The columns are recomputed in backward rather than saved: they are kh*kw times larger than x.
 inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOptions options = {}) {
@@ -124,6 +125,7 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         bool dx_fresh = false;  // a new dx is written, not added to (every path below covers each image)
         float* dx = need_dx ? x.grad_for_write(dx_fresh).data() : nullptr;
         const bool dw_direct = need_dw && kernels::direct_weight_grad_applies(g, K);
+        const bool dw_sliding = dw_direct && kernels::sliding_weight_grad_applies(g, K);  // stride 1: no copies
         const kernels::ConvGeometry g_dw = kernels::weight_grad_copies_geometry(g);  // its copies are at stride 1
         Tensor dw_parts = need_dw ? Tensor::zeros({groups, K, R}) : Tensor();  // [groups, R, K] if dw_direct
         Tensor db_parts = need_db ? Tensor::zeros({groups, K}) : Tensor();
@@ -140,10 +142,12 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         parallel_split(N, groups, [&](int64_t group, int64_t first, int64_t last) {
             const bool use_col = need_dw && !g.is_pointwise() && !dw_direct;
             const bool use_dcol = need_dx && !g.is_pointwise() && !dx_by_conv;
-            Tensor col = use_col     ? Tensor::uninitialized({R, P})
-                         : dw_direct ? Tensor::uninitialized({kernels::tap_copies_size(g_dw)})
-                                     : Tensor();
-            Tensor dy_t = dw_direct ? Tensor::uninitialized({P, K}) : Tensor();  // dy_n transposed
+            Tensor col = use_col                   ? Tensor::uninitialized({R, P})
+                         : dw_direct && !dw_sliding ? Tensor::uninitialized({kernels::tap_copies_size(g_dw)})
+                                                    : Tensor();
+            Tensor dy_t = dw_sliding  ? Tensor::uninitialized({kernels::padded_dy_size(g, K)})
+                          : dw_direct ? Tensor::uninitialized({P, K})
+                                      : Tensor();  // dy_n transposed
             Tensor dcol = use_dcol ? Tensor::uninitialized({R, P}) : Tensor();
             Tensor dy_col = dx_direct    ? Tensor::uninitialized({kernels::tap_copies_size(gt)})
                             : dx_by_conv ? Tensor::uninitialized({gt.col_rows(), gt.col_cols()})
@@ -167,7 +171,11 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
                         kernels::gemm_tn(R, P, K, wp, dy_n, dx_n, !dx_fresh);
                     }
                 }
-                if (dw_direct) {  // dW^T_group += the direct kernel's sum for image n
+                if (dw_sliding) {  // dW^T_group += the sliding window's sum for image n
+                    kernels::transpose_dy_padded(g, K, dy_n, dy_t.data());
+                    kernels::sliding_weight_grad_image(g, xp + n * g.image_size(), dy_t.data(), K,
+                                                       dw_parts.data() + group * R * K);
+                } else if (dw_direct) {  // dW^T_group += the direct kernel's sum for image n
                     kernels::make_tap_copies(g_dw, xp + n * g.image_size(), col.data());
                     kernels::transpose(K, P, dy_n, dy_t.data());
                     kernels::direct_weight_grad_image(g, col.data(), dy_t.data(), K, dw_parts.data() + group * R * K);
