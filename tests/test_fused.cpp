@@ -15,6 +15,7 @@
 #include "speq/nn/models/small_cnn.hpp"
 #include "speq/nn/quant_control.hpp"
 #include "speq/ops/batch_norm_act.hpp"
+#include "speq/ops/conv2d_bn_act.hpp"
 
 using namespace speq;
 using quant::kFullPrecision;
@@ -277,6 +278,79 @@ TEST_CASE("batch_norm_act: finite differences, relu at full precision and PACT's
         if (!with_residual) pact_inputs[4] = Var(r);
         testing::check_gradients("batch_norm_act pact 2 bits", pact_fused, pact_inputs, opts);
     }
+}
+
+TEST_CASE("conv2d_bn_act_inference: batch_norm_act of conv2d in eval mode, bit for bit") {
+    struct Geometry {
+        int64_t n, c, h, w, k;
+        int stride;
+    };
+    // K = 7 and 16 leave channel-tile remainders; 40 pixels (8 lanes only) a pixel-tile remainder;
+    // stride 2 reads the stride-2 tap copies.
+    const std::vector<Geometry> geometries = {{2, 5, 8, 8, 7, 1}, {2, 4, 16, 16, 16, 2}, {1, 3, 5, 8, 9, 1}};
+    Rng rng(71);
+    for (const Geometry& t : geometries)
+        for (int bits : {kFullPrecision, 2})
+            for (bool with_residual : {false, true})
+                for (bool with_bias : {false, true}) {
+                    INFO("x [", t.n, ", ", t.c, ", ", t.h, ", ", t.w, "], K ", t.k, " stride ", t.stride, ", bits ", bits,
+                         with_residual ? ", residual" : "", with_bias ? ", bias" : "");
+                    const Conv2dOptions conv{t.stride, 1};
+                    const Var x(randn({t.n, t.c, t.h, t.w}, rng));
+                    const Var w(randn({t.k, t.c, 3, 3}, rng, 0.3f));
+                    const Var b = with_bias ? Var(randn({t.k}, rng)) : Var();
+                    const int64_t ho = (t.h - 1) / t.stride + 1, wo = (t.w - 1) / t.stride + 1;
+                    Case bn({t.n, t.k, ho, wo}, with_residual, rng);
+                    const Var gamma(bn.gamma), beta(bn.beta), alpha(bn.alpha), residual(bn.residual);
+                    const BatchNormOptions eval = options_for(Mode::eval);
+                    const bool direct = ho * wo % kernels::kLanes == 0;
+                    const Var* r = with_residual ? &residual : nullptr;
+                    REQUIRE(conv2d_bn_act_applies(x, w, b, conv, gamma, beta, eval, alpha, r) == direct);
+                    if (!direct) continue;
+                    const Tensor want = batch_norm_act(conv2d(x, w, b, conv), gamma, beta, bn.rmean, bn.rvar, eval,
+                                                       alpha, bits, r)
+                                            .value();
+                    const Var got = conv2d_bn_act_inference(x, w, b, conv, gamma, beta, bn.rmean, bn.rvar, eval, alpha,
+                                                            bits, r);
+                    CHECK_FALSE(got.requires_grad());
+                    CHECK(same_bits(got.value(), want));
+                }
+}
+
+TEST_CASE("conv2d_bn_act_inference: only for inference, and errors name the op") {
+    Rng rng(72);
+    const Var x(randn({1, 2, 8, 8}, rng));
+    const Var w(randn({4, 2, 3, 3}, rng));
+    Case bn({1, 4, 8, 8}, false, rng);
+    const Var gamma(bn.gamma), beta(bn.beta), alpha(bn.alpha);
+    const BatchNormOptions eval = options_for(Mode::eval), train = options_for(Mode::train_frozen);
+    CHECK(conv2d_bn_act_applies(x, w, Var(), {1, 1}, gamma, beta, eval, alpha, nullptr));
+    CHECK_FALSE(conv2d_bn_act_applies(x, w, Var(), {1, 1}, gamma, beta, train, alpha, nullptr));  // batch statistics
+    const Var trainable_w = Var::parameter(w.value());
+    CHECK_FALSE(conv2d_bn_act_applies(x, trainable_w, Var(), {1, 1}, gamma, beta, eval, alpha, nullptr));
+    {
+        NoGradGuard no_grad;  // how evaluation runs: nothing requires grad any more
+        CHECK(conv2d_bn_act_applies(x, trainable_w, Var(), {1, 1}, gamma, beta, eval, alpha, nullptr));
+    }
+    auto message_of = [&](auto&& call) {
+        try {
+            call();
+        } catch (const std::exception& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    const std::string training_error = message_of(
+        [&] { conv2d_bn_act_inference(x, w, Var(), {1, 1}, gamma, beta, bn.rmean, bn.rvar, train, alpha, 2); });
+    CHECK(training_error.find("conv2d_bn_act_inference") != std::string::npos);
+    CHECK(training_error.find("eval-mode batch norm") != std::string::npos);
+    const Tensor short_mean = Tensor::zeros({3});
+    const std::string shape_error = message_of(
+        [&] { conv2d_bn_act_inference(x, w, Var(), {1, 1}, gamma, beta, short_mean, bn.rvar, eval, alpha, 2); });
+    CHECK(shape_error.find("running_mean") != std::string::npos);
+    const std::string bits_error = message_of(
+        [&] { conv2d_bn_act_inference(x, w, Var(), {1, 1}, gamma, beta, bn.rmean, bn.rvar, eval, alpha, 9); });
+    CHECK(bits_error.find("conv2d_bn_act_inference") != std::string::npos);
 }
 
 namespace {

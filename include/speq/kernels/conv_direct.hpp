@@ -305,13 +305,22 @@ inline int64_t direct_conv_channel_block(const ConvGeometry& g, const TapLayout&
 
 }  // namespace detail
 
+// What direct_conv_image runs on each finished pixel tile: nothing, unless the caller passes an
+// epilogue (ops/conv2d_bn_act.hpp applies batch norm and the activation there, while the tile's
+// K x (up to kTileBatches*L) outputs are still in L1).
+struct NoTileEpilogue {
+    void operator()(int64_t /*p0*/, int64_t /*pixels*/) const {}
+};
+
 // One image: y[K, H'*W'] (+)= conv(x) (+ bias), from its tap copies (make_tap_copies) and the
 // packed weights wt [C*kh*kw, K] (pack_weights_for_direct). bias may be null. With accumulate the
-// result is added to y (how the input gradient accumulates).
+// result is added to y (how the input gradient accumulates). after_tile(p0, pixels) is called once
+// pixels [p0, p0 + pixels) of every output channel are final.
 // Loop order: pixel tiles (kTileBatches batches, then single ones), then blocks of input
 // channels, then tiles of output channels.
+template <class TileEpilogue = NoTileEpilogue>
 inline void direct_conv_image(const ConvGeometry& g, const float* copies, const float* wt, int64_t K,
-                              const float* bias, float* y, bool accumulate) {
+                              const float* bias, float* y, bool accumulate, const TileEpilogue& after_tile = {}) {
     const TapLayout t = TapLayout::of(g);
     const int64_t P = g.out_h * g.out_w, C = g.channels;
     const int64_t block = detail::direct_conv_channel_block(g, t);
@@ -325,7 +334,9 @@ inline void direct_conv_image(const ConvGeometry& g, const float* copies, const 
             else
                 detail::direct_conv_pixels_any<1>(g, t, copies, wt, K, p0, c0, c1, bias, y, from_output);
         }
-        p0 += whole_tile ? kTileBatches * kLanes : kLanes;
+        const int64_t pixels = whole_tile ? kTileBatches * kLanes : kLanes;
+        after_tile(p0, pixels);
+        p0 += pixels;
     }
 }
 

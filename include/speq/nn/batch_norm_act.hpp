@@ -1,5 +1,6 @@
 // speq/nn/batch_norm_act.hpp: bn_act, a BatchNorm2d and the ActQuant after it (with the residual
-// add in between, in a ResNet block) run as one fused op (ops/batch_norm_act.hpp).
+// add in between, in a ResNet block) run as one fused op (ops/batch_norm_act.hpp); conv_bn_act,
+// the same after a Conv2d, which in inference also folds the conv in (ops/conv2d_bn_act.hpp).
 //
 // The modules stay what they are: their parameters, buffers, names and state_dict do not change,
 // and their settings (train/eval, FreezeRunningStats, the ActQuant's bits, changed between passes
@@ -9,8 +10,10 @@
 #include "speq/core/tape.hpp"
 #include "speq/nn/act_quant.hpp"
 #include "speq/nn/batch_norm.hpp"
+#include "speq/nn/conv2d.hpp"
 #include "speq/ops/add.hpp"
 #include "speq/ops/batch_norm_act.hpp"
+#include "speq/ops/conv2d_bn_act.hpp"
 
 namespace speq::nn {
 
@@ -48,6 +51,21 @@ inline Var bn_act(BatchNorm2d& bn, ActQuant& act, const Var& x, const Var* resid
     }
     return batch_norm_act(x, bn.weight(), bn.bias(), bn.running_mean(), bn.running_var(), bn.options(), act.alpha(),
                           act.bits(), residual);
+}
+
+// act(bn(conv(x))), or act(bn(conv(x)) + *residual): the same values as bn_act(bn, act,
+// conv.forward(x), residual), bit for bit. In inference (eval-mode batch norm, nothing requiring
+// grad: evaluation under NoGradGuard) the conv's tiles go through batch norm and the activation
+// while still in cache (ops/conv2d_bn_act.hpp); otherwise, and for convs the direct kernel does
+// not take, it is the conv, then bn_act.
+inline Var conv_bn_act(Conv2d& conv, BatchNorm2d& bn, ActQuant& act, const Var& x, const Var* residual = nullptr) {
+    const Var w = conv.forward_weight();
+    if (detail::bn_act_fusion_enabled() && !act.calibration_pending() &&
+        conv2d_bn_act_applies(x, w, conv.bias(), conv.options(), bn.weight(), bn.bias(), bn.options(), act.alpha(),
+                              residual))
+        return conv2d_bn_act_inference(x, w, conv.bias(), conv.options(), bn.weight(), bn.bias(), bn.running_mean(),
+                                       bn.running_var(), bn.options(), act.alpha(), act.bits(), residual);
+    return bn_act(bn, act, conv2d(x, w, conv.bias(), conv.options()), residual);
 }
 
 }  // namespace speq::nn

@@ -30,7 +30,11 @@ public:
         if (bias) bias_ = register_parameter("bias", std::move(b));
     }
 
-    Var forward(const Var& x) override { return conv2d(x, effective_weight(), bias_, options_); }
+    Var forward(const Var& x) override { return conv2d(x, forward_weight(), bias_, options_); }
+    // What forward passes to conv2d: the weight quantized as configured (recorded on the tape), and
+    // the stride and padding (nn::conv_bn_act runs the conv through a fused op with them).
+    Var forward_weight() const { return effective_weight(); }
+    const Conv2dOptions& options() const { return options_; }
     const char* layer_kind() const override { return "nn::Conv2d"; }
 
     int in_channels() const { return in_channels_; }

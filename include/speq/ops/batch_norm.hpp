@@ -50,6 +50,17 @@ struct BatchNormStatistics {
     Tensor mean, inv_std;  // [C] each
 };
 
+// Eval mode: the running statistics, inv_std = 1 / sqrt(running_var + eps) (in double).
+inline BatchNormStatistics batch_norm_eval_statistics(const Tensor& running_mean, const Tensor& running_var, double eps) {
+    const int64_t C = running_mean.numel();
+    BatchNormStatistics stats{Tensor::uninitialized({C}), Tensor::uninitialized({C})};
+    for (int64_t c = 0; c < C; ++c) {
+        stats.mean[c] = running_mean[c];
+        stats.inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+    }
+    return stats;
+}
+
 // The mean and 1 / sqrt(var + eps) every element of channel c is normalized with (batch_norm2d's
 // forward, above it), and the running-statistics update of training mode. Per channel in a fixed
 // order (SIMD blocks, double across blocks), channels in parallel: the same bits for any thread
@@ -87,10 +98,7 @@ inline BatchNormStatistics batch_norm_statistics(const Tensor& x, Tensor& runnin
             }
         });
     } else {
-        for (int64_t c = 0; c < C; ++c) {
-            mean[c] = running_mean[c];
-            inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + options.eps));
-        }
+        stats = batch_norm_eval_statistics(running_mean, running_var, options.eps);
     }
     return stats;
 }

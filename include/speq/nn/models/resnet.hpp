@@ -76,8 +76,12 @@ public:
     }
 
     Var forward(const Var& x) override {
-        // bn_act: bn -> (+ shortcut) -> act in one pass (nn/batch_norm_act.hpp), same modules.
-        const Var h = bn_act(*bn1_, *act1_, conv1_->forward(x));
+        // conv_bn_act / bn_act: bn -> (+ shortcut) -> act in one pass (nn/batch_norm_act.hpp), same modules.
+        const Var h = conv_bn_act(*conv1_, *bn1_, *act1_, x);
+        if (!grad_enabled()) {  // nothing is recorded (inference, SPEQ's teacher): no tape order to keep
+            const Var skip = shortcut(x);
+            return conv_bn_act(*conv2_, *bn2_, *act2_, h, &skip);
+        }
         const Var h2 = conv2_->forward(h);
         const Var skip = shortcut(x);  // after conv2, as before the fusion: the same order on the tape
         return bn_act(*bn2_, *act2_, h2, &skip);
@@ -137,7 +141,7 @@ public:
     }
 
     Var forward(const Var& x) override {
-        Var h = bn_act(*bn1_, *act_, conv1_->forward(x));
+        Var h = conv_bn_act(*conv1_, *bn1_, *act_, x);
         for (auto& layer : layers_) h = layer->forward(h);
         return fc_->forward(global_avg_pool(h));  // [N, 64] -> [N, classes]
     }

@@ -48,9 +48,9 @@ public:
     }
 
     Var forward(const Var& x) override {
-        Var h = bn_act(*bn1_, *act1_, conv1_->forward(x));  // bn -> act in one pass (nn/batch_norm_act.hpp)
-        h = bn_act(*bn2_, *act2_, conv2_->forward(h));
-        h = bn_act(*bn3_, *act3_, conv3_->forward(h));
+        Var h = conv_bn_act(*conv1_, *bn1_, *act1_, x);  // conv -> bn -> act (nn/batch_norm_act.hpp)
+        h = conv_bn_act(*conv2_, *bn2_, *act2_, h);
+        h = conv_bn_act(*conv3_, *bn3_, *act3_, h);
         return fc_->forward(global_avg_pool(h));
     }
 
