@@ -1,7 +1,7 @@
 // speq_bench: how fast speq trains and runs ResNet-20 on this CPU, as one JSON object on stdout
 // (progress goes to stderr). Measurement only: nothing here asserts a speed.
 //
-//   speq_bench [--threads N] [--batch N] [--all-batches] [--quick] [--only REGEX] [--shortcut A|B]
+//   speq_bench [--threads N] [--batch N] [--all-batches] [--quick] [--only REGEX] [--shortcut A|B] [--unfused]
 //
 // What it measures (bench/README.md explains every number):
 //   machine  Eigen's SGEMM GFLOP/s on 1024^3 (1 thread, and the threads used: the "peak" the convs
@@ -24,6 +24,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -42,19 +43,22 @@ struct Options {
     bool quick = false;
     std::string only;  // regex over the names of the measurements; empty: everything
     nn::Shortcut shortcut = nn::Shortcut::A;
+    bool unfused = false;  // the model's steps without the fused ops (nn::UnfusedBnActGuard)
 };
 
 void usage_and_exit(int code) {
     std::fprintf(code ? stderr : stdout,
                  "usage: speq_bench [--threads N] [--batch N] [--all-batches] [--quick] [--only REGEX] "
-                 "[--shortcut A|B]\n"
+                 "[--shortcut A|B] [--unfused]\n"
                  "  --threads N     threads for speq (default: OpenMP's default)\n"
                  "  --batch N       batch size of the per-op shapes and the steps (default 128)\n"
                  "  --all-batches   steps at batch 32, 128 and 256 (per-op shapes stay at --batch)\n"
                  "  --quick         fewer repetitions (a rough number in a fraction of the time)\n"
                  "  --only REGEX    run only the measurements whose name matches (e.g. 'speq_train',\n"
                  "                  'conv_', 'gemm'); names are the JSON keys\n"
-                 "  --shortcut A|B  ResNet-20 shortcut option (default A; B adds the 1x1 convs)\n");
+                 "  --shortcut A|B  ResNet-20 shortcut option (default A; B adds the 1x1 convs)\n"
+                 "  --unfused       the steps without the fused ops (conv/batch norm/activation run one by\n"
+                 "                  one, as nn::UnfusedBnActGuard does): what the fusion buys\n");
     std::exit(code);
 }
 
@@ -76,6 +80,7 @@ Options parse(int argc, char** argv) {
             else if (a == "--quick") o.quick = true;
             else if (a == "--only") o.only = value();
             else if (a == "--shortcut") o.shortcut = nn::parse_shortcut(value());
+            else if (a == "--unfused") o.unfused = true;
             else if (a == "--help" || a == "-h") usage_and_exit(0);
             else {
                 std::fprintf(stderr, "speq_bench: unknown argument '%s'\n", a.c_str());
@@ -548,6 +553,8 @@ int main(int argc, char** argv) {
     const Options opt = parse(argc, argv);
     try {
         if (opt.threads > 0) set_num_threads(opt.threads);
+        std::unique_ptr<nn::UnfusedBnActGuard> unfused;  // the steps run on this thread
+        if (opt.unfused) unfused = std::make_unique<nn::UnfusedBnActGuard>();
         const int threads = num_threads();
         const Selector selected(opt.only);
         const int warmup = opt.quick ? 1 : 2;
@@ -564,6 +571,7 @@ int main(int argc, char** argv) {
                          {"only", opt.only},
                          {"model", "resnet20"},
                          {"shortcut", nn::shortcut_name(opt.shortcut)},
+                         {"fused_ops", !opt.unfused},
                          {"quant", "W2A2: body weights 2 bits (min_l2, per output channel, mid_rise), PACT "
                                    "activations 2 bits; first conv and fc weights 8 bits, the fc input 8 bits"},
                          {"sgd", "lr 0.01, momentum 0.9, nesterov, weight decay 5e-4"},
