@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 
 #include "speq/core/tape.hpp"
 #include "speq/kernels/elementwise.hpp"
@@ -18,6 +19,26 @@ struct BatchNormOptions {
 
 namespace detail {
 
+// The per-channel parameters and options of a batch norm over C channels; `op` starts every
+// message, `of` names where C comes from ("x" when the input is given, "weight" when a conv
+// produces it: ops/conv2d_bn_act.hpp).
+inline void check_batch_norm_parameters(const char* op, int64_t C, const char* of, const Var& gamma, const Var& beta,
+                                        const Tensor& running_mean, const Tensor& running_var,
+                                        const BatchNormOptions& options) {
+    SPEQ_CHECK(gamma.defined() && beta.defined(), op, ": gamma and beta must both be defined");
+    const Shape channels{C};
+    auto check = [&](const char* name, const Shape& shape) {
+        if (shape != channels) shape_mismatch(op, (std::string(name) + " vs [C] of " + of).c_str(), shape, channels);
+    };
+    check("gamma", gamma.shape());
+    check("beta", beta.shape());
+    check("running_mean", running_mean.shape());
+    check("running_var", running_var.shape());
+    SPEQ_CHECK(options.eps > 0.0f, op, ": eps must be > 0, got ", options.eps);
+    SPEQ_CHECK(options.momentum >= 0.0f && options.momentum <= 1.0f, op, ": momentum must be in [0, 1], got ",
+               options.momentum);
+}
+
 // The checks batch_norm2d and batch_norm_act share; `op` starts every message.
 inline void check_batch_norm_inputs(const char* op, const Var& x, const Var& gamma, const Var& beta,
                                     const Tensor& running_mean, const Tensor& running_var,
@@ -25,15 +46,7 @@ inline void check_batch_norm_inputs(const char* op, const Var& x, const Var& gam
     SPEQ_CHECK(x.defined() && gamma.defined() && beta.defined(), op, ": x, gamma and beta must all be defined");
     SPEQ_CHECK(x.value().rank() == 4, op, ": x must be [N, C, H, W], got ", to_string(x.shape()));
     const int64_t N = x.shape()[0], C = x.shape()[1], M = N * x.shape()[2] * x.shape()[3];
-    const Shape channels{C};
-    if (gamma.shape() != channels) shape_mismatch(op, "gamma vs [C] of x", gamma.shape(), channels);
-    if (beta.shape() != channels) shape_mismatch(op, "beta vs [C] of x", beta.shape(), channels);
-    if (running_mean.shape() != channels)
-        shape_mismatch(op, "running_mean vs [C] of x", running_mean.shape(), channels);
-    if (running_var.shape() != channels) shape_mismatch(op, "running_var vs [C] of x", running_var.shape(), channels);
-    SPEQ_CHECK(options.eps > 0.0f, op, ": eps must be > 0, got ", options.eps);
-    SPEQ_CHECK(options.momentum >= 0.0f && options.momentum <= 1.0f, op, ": momentum must be in [0, 1], got ",
-               options.momentum);
+    check_batch_norm_parameters(op, C, "x", gamma, beta, running_mean, running_var, options);
     SPEQ_CHECK(!options.training || M > 1, op, ": training needs more than 1 value per channel, x is ",
                to_string(x.shape()));
 }

@@ -53,6 +53,24 @@ inline kernels::ConvGeometry conv2d_geometry(const Var& x, const Var& weight, co
                                        options.padding);
 }
 
+// y [N, K, H'*W'] = conv(x) (+ bias) through the direct kernel (kernels::direct_conv_applies(g)),
+// image by image over the fixed groups; after_tile(n, p0, pixels) runs on each finished pixel tile
+// of image n (ops/conv2d_bn_act.hpp applies batch norm and the activation there).
+template <class TileEpilogue>
+void conv2d_direct(const kernels::ConvGeometry& g, const Tensor& x, const Tensor& weight, const float* bias, float* y,
+                   const TileEpilogue& after_tile) {
+    const int64_t N = x.dim(0), K = weight.dim(0), P = g.out_h * g.out_w;
+    const Tensor packed = kernels::pack_weights_for_direct(weight, false);
+    parallel_split(N, conv2d_image_groups(N), [&](int64_t, int64_t first, int64_t last) {
+        Tensor copies = Tensor::uninitialized({kernels::tap_copies_size(g)});
+        for (int64_t n = first; n < last; ++n) {
+            kernels::make_tap_copies(g, x.data() + n * g.image_size(), copies.data());
+            kernels::direct_conv_image(g, copies.data(), packed.data(), K, bias, y + n * K * P, false,
+                                       [&](int64_t p0, int64_t pixels) { after_tile(n, p0, pixels); });
+        }
+    });
+}
+
 }  // namespace detail
 
 // x: [N, C, H, W], weight: [K, C, kh, kw], bias: [K] or undefined Var -> [N, K, H', W'],
@@ -87,28 +105,22 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const float* wp = weight.value().data();
         const float* bp = bias.defined() ? bias.value().data() : nullptr;
         float* yp = y.data();
-        const bool direct = kernels::direct_conv_applies(g);
-        const Tensor packed = direct ? kernels::pack_weights_for_direct(weight.value(), false) : Tensor();
-        parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
-            if (direct) {
-                Tensor copies = Tensor::uninitialized({kernels::tap_copies_size(g)});
+        if (kernels::direct_conv_applies(g)) {
+            detail::conv2d_direct(g, x.value(), weight.value(), bp, yp, [](int64_t, int64_t, int64_t) {});
+        } else {
+            parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {
+                Tensor col = g.is_pointwise() ? Tensor() : Tensor::uninitialized({R, P});
                 for (int64_t n = first; n < last; ++n) {
-                    kernels::make_tap_copies(g, xp + n * g.image_size(), copies.data());
-                    kernels::direct_conv_image(g, copies.data(), packed.data(), K, bp, yp + n * K * P, false);
+                    const float* x_n = xp + n * g.image_size();
+                    if (!g.is_pointwise()) kernels::im2col(g, x_n, col.data());
+                    float* y_n = yp + n * K * P;
+                    kernels::gemm_nn(K, P, R, wp, g.is_pointwise() ? x_n : col.data(), y_n, false);
+                    if (bp)
+                        for (int64_t k = 0; k < K; ++k)
+                            for (int64_t p = 0; p < P; ++p) y_n[k * P + p] += bp[k];
                 }
-                return;
-            }
-            Tensor col = g.is_pointwise() ? Tensor() : Tensor::uninitialized({R, P});
-            for (int64_t n = first; n < last; ++n) {
-                const float* x_n = xp + n * g.image_size();
-                if (!g.is_pointwise()) kernels::im2col(g, x_n, col.data());
-                float* y_n = yp + n * K * P;
-                kernels::gemm_nn(K, P, R, wp, g.is_pointwise() ? x_n : col.data(), y_n, false);
-                if (bp)
-                    for (int64_t k = 0; k < K; ++k)
-                        for (int64_t p = 0; p < P; ++p) y_n[k * P + p] += bp[k];
-            }
-        });
+            });
+        }
     }
 
     Var out = op_result(std::move(y), {&x, &weight, &bias});

@@ -15,8 +15,6 @@
 #include <vector>
 
 #include "speq/core/tape.hpp"
-#include "speq/core/threads.hpp"
-#include "speq/kernels/conv_direct.hpp"
 #include "speq/ops/batch_norm.hpp"
 #include "speq/ops/batch_norm_act.hpp"
 #include "speq/ops/conv2d.hpp"
@@ -46,24 +44,16 @@ Tensor conv2d_bn_act_with(const kernels::ConvGeometry& g, const Tensor& x, const
     affine.reserve(static_cast<size_t>(K));
     for (int64_t k = 0; k < K; ++k) affine.emplace_back(stats, gamma, beta, k);
     Tensor y = Tensor::uninitialized({N, K, g.out_h, g.out_w});
-    const Tensor packed = kernels::pack_weights_for_direct(weight, false);
-    parallel_split(N, conv2d_image_groups(N), [&](int64_t, int64_t first, int64_t last) {
-        Tensor copies = Tensor::uninitialized({kernels::tap_copies_size(g)});
-        for (int64_t n = first; n < last; ++n) {
-            float* y_n = y.data() + n * K * P;
-            kernels::make_tap_copies(g, x.data() + n * g.image_size(), copies.data());
-            // y = act(bn(conv) [+ r]) on the tile just summed: pixels [p0, p0 + pixels) of every channel
-            auto bn_act_tile = [&](int64_t p0, int64_t pixels) {
-                for (int64_t k = 0; k < K; ++k) {
-                    const int64_t at = k * P + p0;
-                    for (int64_t i = 0; i < pixels; i += kernels::kLanes) {
-                        const FloatBatch v = FloatBatch::load_unaligned(y_n + at + i);
-                        act(bn_plus_residual(affine[k], v, FloatBatch::load_unaligned(rd + n * K * P + at + i)...))
-                            .store_unaligned(y_n + at + i);
-                    }
-                }
-            };
-            kernels::direct_conv_image(g, copies.data(), packed.data(), K, bias, y_n, false, bn_act_tile);
+    // y = act(bn(conv) [+ r]) on the tile just summed: pixels [p0, p0 + pixels) of every channel of image n
+    conv2d_direct(g, x, weight, bias, y.data(), [&](int64_t n, int64_t p0, int64_t pixels) {
+        float* y_n = y.data() + n * K * P;
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t at = k * P + p0;
+            for (int64_t i = 0; i < pixels; i += kernels::kLanes) {
+                const FloatBatch v = FloatBatch::load_unaligned(y_n + at + i);
+                act(bn_plus_residual(affine[k], v, FloatBatch::load_unaligned(rd + n * K * P + at + i)...))
+                    .store_unaligned(y_n + at + i);
+            }
         }
     });
     return y;
@@ -84,11 +74,8 @@ inline Var conv2d_bn_act_inference(const Var& x, const Var& weight, const Var& b
                "conv2d_bn_act_inference: needs eval-mode batch norm, no input requiring grad and a conv the "
                "direct kernel takes (see conv2d_bn_act_applies)");
     const Shape out_shape{x.shape()[0], weight.shape()[0], g.out_h, g.out_w};
-    const Shape channels{weight.shape()[0]};
-    if (gamma.shape() != channels) shape_mismatch("conv2d_bn_act_inference", "gamma vs [K]", gamma.shape(), channels);
-    if (beta.shape() != channels) shape_mismatch("conv2d_bn_act_inference", "beta vs [K]", beta.shape(), channels);
-    if (running_mean.shape() != channels || running_var.shape() != channels)
-        shape_mismatch("conv2d_bn_act_inference", "running_mean / running_var vs [K]", running_mean.shape(), channels);
+    detail::check_batch_norm_parameters("conv2d_bn_act_inference", weight.shape()[0], "weight", gamma, beta,
+                                        running_mean, running_var, bn_options);
     if (residual && residual->shape() != out_shape)
         shape_mismatch("conv2d_bn_act_inference", "residual vs the conv's output", residual->shape(), out_shape);
     quant::check_bits("conv2d_bn_act_inference", bits);
