@@ -115,6 +115,21 @@ def init_like_speq(model):
             nn.init.zeros_(m.bias)
 
 
+def make_optimizer(model, total_steps):
+    """SGD and OneCycleLR of configs/resnet20_fp.json, set up as speq's trainer does (see above)."""
+    decay, no_decay = [], []
+    modules = dict(model.named_modules())
+    for name, p in model.named_parameters():
+        is_bn = isinstance(modules[name.rsplit(".", 1)[0]], nn.BatchNorm2d)
+        (no_decay if is_bn else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=0.1, momentum=0.9, nesterov=True, dampening=0.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.1, total_steps=total_steps, pct_start=0.3, anneal_strategy="cos",
+        cycle_momentum=False, div_factor=25.0, final_div_factor=1e4, three_phase=False)
+    return optimizer, scheduler, decay, no_decay
+
+
 def evaluate(model, x, labels, memory_format, batch=500):
     model.eval()
     correct, loss_sum = 0, 0.0
@@ -156,19 +171,10 @@ def main():
     init_like_speq(model)
     model = model.to(memory_format=memory_format)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        is_bn = isinstance(dict(model.named_modules())[name.rsplit(".", 1)[0]], nn.BatchNorm2d)
-        (no_decay if is_bn else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=0.1, momentum=0.9, nesterov=True, dampening=0.0)
-
     n = len(train_x)
     steps_per_epoch = n // args.batch_size  # drop_last, as speq's trainer
     total_steps = max(1, steps_per_epoch * args.epochs)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=0.1, total_steps=total_steps, pct_start=0.3, anneal_strategy="cos",
-        cycle_momentum=False, div_factor=25.0, final_div_factor=1e4, three_phase=False)
+    optimizer, scheduler, decay, no_decay = make_optimizer(model, total_steps)
     stop_at = min(args.max_steps, total_steps) if args.max_steps > 0 else total_steps
 
     gen = torch.Generator().manual_seed(args.seed + 1)  # data order and augmentation

@@ -97,6 +97,17 @@ inline optim::Schedule make_schedule(const io::TrainConfig& c, int64_t steps_per
     return s;
 }
 
+// SGD over all of the model's parameters with the config's settings; batch norm's parameters
+// (and the PACT alphas, unless act_quant.weight_decay) get no weight decay.
+inline std::unique_ptr<optim::SGD> make_sgd(const io::TrainConfig& c, const nn::Module& model) {
+    optim::SGDOptions o;
+    o.lr = static_cast<float>(c.lr);
+    o.momentum = static_cast<float>(c.momentum);
+    o.nesterov = c.nesterov && c.momentum > 0;
+    o.weight_decay = static_cast<float>(c.weight_decay);
+    return std::make_unique<optim::SGD>(model.named_parameters(), o, nn::weight_decay_filter(model, c.act_quant.weight_decay));
+}
+
 // ---- finding where values stopped being finite ----
 
 // The first parameter, in model order (state() order: registration order, which is forward
@@ -192,14 +203,7 @@ private:
         for (const std::string& line : io::config_warnings(config_)) log("warning: " + line);
     }
 
-    void make_optimizer() {
-        optim::SGDOptions o;
-        o.lr = static_cast<float>(config_.lr);
-        o.momentum = static_cast<float>(config_.momentum);
-        o.nesterov = config_.nesterov && config_.momentum > 0;
-        o.weight_decay = static_cast<float>(config_.weight_decay);
-        sgd_ = std::make_unique<optim::SGD>(model_->named_parameters(), o, nn::weight_decay_filter(*model_, config_.act_quant.weight_decay));
-    }
+    void make_optimizer() { sgd_ = make_sgd(config_, *model_); }
 
     // Alphas minimizing each layer's quantization error on the first training batch.
     void calibrate_alphas() {
