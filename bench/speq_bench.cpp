@@ -2,6 +2,7 @@
 // (progress goes to stderr). Measurement only: nothing here asserts a speed.
 //
 //   speq_bench [--threads N] [--batch N] [--all-batches] [--quick] [--only REGEX] [--shortcut A|B] [--unfused]
+//              [--float-convs]
 //
 // What it measures (bench/README.md explains every number):
 //   machine  Eigen's SGEMM GFLOP/s on 1024^3 (1 thread, and the threads used: the "peak" the convs
@@ -44,12 +45,13 @@ struct Options {
     std::string only;  // regex over the names of the measurements; empty: everything
     nn::Shortcut shortcut = nn::Shortcut::A;
     bool unfused = false;  // the model's steps without the fused ops (nn::UnfusedBnActGuard)
+    bool float_convs = false;  // quantized convs in float, not integers (FloatConvGuard)
 };
 
 void usage_and_exit(int code) {
     std::fprintf(code ? stderr : stdout,
                  "usage: speq_bench [--threads N] [--batch N] [--all-batches] [--quick] [--only REGEX] "
-                 "[--shortcut A|B] [--unfused]\n"
+                 "[--shortcut A|B] [--unfused] [--float-convs]\n"
                  "  --threads N     threads for speq (default: OpenMP's default)\n"
                  "  --batch N       batch size of the per-op shapes and the steps (default 128)\n"
                  "  --all-batches   steps at batch 32, 128 and 256 (per-op shapes stay at --batch)\n"
@@ -58,7 +60,9 @@ void usage_and_exit(int code) {
                  "                  'conv_', 'gemm'); names are the JSON keys\n"
                  "  --shortcut A|B  ResNet-20 shortcut option (default A; B adds the 1x1 convs)\n"
                  "  --unfused       the steps without the fused ops (conv/batch norm/activation run one by\n"
-                 "                  one, as nn::UnfusedBnActGuard does): what the fusion buys\n");
+                 "                  one, as nn::UnfusedBnActGuard does): what the fusion buys\n"
+                 "  --float-convs   quantized convs' forward in float, not in integers (FloatConvGuard):\n"
+                 "                  what the integer path buys\n");
     std::exit(code);
 }
 
@@ -81,6 +85,7 @@ Options parse(int argc, char** argv) {
             else if (a == "--only") o.only = value();
             else if (a == "--shortcut") o.shortcut = nn::parse_shortcut(value());
             else if (a == "--unfused") o.unfused = true;
+            else if (a == "--float-convs") o.float_convs = true;
             else if (a == "--help" || a == "-h") usage_and_exit(0);
             else {
                 std::fprintf(stderr, "speq_bench: unknown argument '%s'\n", a.c_str());
@@ -295,6 +300,25 @@ std::vector<OpCase> op_cases(int64_t N, nn::Shortcut shortcut) {
         op.flops_fwd = flops;
         op.flops_bwd = c.input_grad ? 2 * flops : flops;  // dx and dW, or dW only
         cases.push_back(op);
+
+        // The same conv on W2A2 operands, as the quantized steps run it: x on a 2-bit PACT grid,
+        // the weight 2-bit per channel (min_l2, mid_rise). Its forward is the integer path where
+        // the build has it (kernels/conv_int8.hpp), its backward the float one above.
+        if (!c.input_grad) continue;  // the first conv's input is the image: never quantized
+        auto quantized_leaf = [](const Var& q) {  // q's value and grid as a leaf that wants a gradient
+            Var leaf(q.value(), true);
+            leaf.set_grid(*q.grid());
+            return leaf;
+        };
+        Var xq = quantized_leaf(quant::pact_quantize(Var(x.value()), Var(Tensor::full({1}, 2.0f)), 2));
+        Var wq = quantized_leaf(quant::quantize_weight(
+            Var(w.value()), {2, true, quant::ScaleMethod::min_l2, quant::Grid::mid_rise}));
+        OpCase q = op;
+        q.name = "conv_w2a2_" + c.name.substr(5);
+        q.shape += " W2A2";
+        q.forward = [xq, wq, c] { return conv2d(xq, wq, Var(), Conv2dOptions{static_cast<int>(c.stride), static_cast<int>(c.pad)}); };
+        q.activations = {xq};
+        cases.push_back(q);
     }
 
     // The three activation shapes of ResNet-20 (all N * 16384 elements).
@@ -555,6 +579,8 @@ int main(int argc, char** argv) {
         if (opt.threads > 0) set_num_threads(opt.threads);
         std::unique_ptr<nn::UnfusedBnActGuard> unfused;  // the steps run on this thread
         if (opt.unfused) unfused = std::make_unique<nn::UnfusedBnActGuard>();
+        std::unique_ptr<FloatConvGuard> float_convs;  // likewise
+        if (opt.float_convs) float_convs = std::make_unique<FloatConvGuard>();
         const int threads = num_threads();
         const Selector selected(opt.only);
         const int warmup = opt.quick ? 1 : 2;
@@ -572,6 +598,7 @@ int main(int argc, char** argv) {
                          {"model", "resnet20"},
                          {"shortcut", nn::shortcut_name(opt.shortcut)},
                          {"fused_ops", !opt.unfused},
+                         {"integer_convs", kernels::kInt8ConvCompiled && !opt.float_convs},
                          {"quant", "W2A2: body weights 2 bits (min_l2, per output channel, mid_rise), PACT "
                                    "activations 2 bits; first conv and fc weights 8 bits, the fc input 8 bits"},
                          {"sgd", "lr 0.01, momentum 0.9, nesterov, weight decay 5e-4"},

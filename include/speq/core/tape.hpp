@@ -28,17 +28,30 @@
 
 namespace speq {
 
+// What an op may know about the values it produced: that they lie on a uniform integer grid,
+//   value[i] = (code[i] + offset) * scales[row(i)],   code an integer in [min_code, max_code],
+// with one scale (per tensor) or one per index of dim 0 (row(i) = i / (numel / scales.size())).
+// The quantizers set it on their outputs; an op that can compute on the integer codes instead
+// (conv2d's integer path, kernels/conv_int8.hpp) reads it. A hint, never trusted: the reader checks
+// that every value really is on the grid and computes in float where one is not.
+struct ValueGrid {
+    std::vector<float> scales;
+    float offset = 0.0f;
+    int32_t min_code = 0, max_code = 0;
+};
+
 struct Node {
     Tensor value;
     Tensor grad;  // empty until a gradient arrives; then the shape of value
     bool requires_grad = false;
+    std::shared_ptr<const ValueGrid> grid;  // set by the op that made value, if it is quantized
 };
 
 class Var {
 public:
     Var() = default;  // "no tensor", e.g. a conv without bias
     explicit Var(Tensor value, bool requires_grad = false)
-        : node_(std::make_shared<Node>(Node{std::move(value), Tensor(), requires_grad})) {}
+        : node_(std::make_shared<Node>(Node{std::move(value), Tensor(), requires_grad, nullptr})) {}
 
     // A leaf that training updates: gradients are kept for it.
     static Var parameter(Tensor value) { return Var(std::move(value), true); }
@@ -72,6 +85,10 @@ public:
         if (has_grad()) node_->grad.fill(0.0f);
     }
     void drop_grad() { node_->grad = Tensor(); }
+
+    // The grid the values lie on, if the op that made them says so (see ValueGrid); else null.
+    const ValueGrid* grid() const { return node_ ? node_->grid.get() : nullptr; }
+    void set_grid(ValueGrid grid) { node_->grid = std::make_shared<const ValueGrid>(std::move(grid)); }
 
     // For tests: lets a test watch a node's lifetime through a weak_ptr.
     const std::shared_ptr<Node>& node() const { return node_; }
@@ -116,16 +133,23 @@ inline bool& thread_grad_enabled() {
 inline Tape& tape() { return detail::thread_tape(); }
 inline bool grad_enabled() { return detail::thread_grad_enabled(); }
 
-// While alive, ops record nothing and produce Vars that do not require grad.
-class NoGradGuard {
+// While alive, `flag` (a thread-local switch) holds `value`; then its previous value again. The
+// scoped switches below and elsewhere (nn::UnfusedBnActGuard, FloatConvGuard) are this.
+class ScopedFlag {
 public:
-    NoGradGuard() : previous_(detail::thread_grad_enabled()) { detail::thread_grad_enabled() = false; }
-    ~NoGradGuard() { detail::thread_grad_enabled() = previous_; }
-    NoGradGuard(const NoGradGuard&) = delete;
-    NoGradGuard& operator=(const NoGradGuard&) = delete;
+    ScopedFlag(bool& flag, bool value) : flag_(flag), previous_(flag) { flag_ = value; }
+    ~ScopedFlag() { flag_ = previous_; }
+    ScopedFlag(const ScopedFlag&) = delete;
+    ScopedFlag& operator=(const ScopedFlag&) = delete;
 
 private:
+    bool& flag_;
     bool previous_;
+};
+
+// While alive, ops record nothing and produce Vars that do not require grad.
+struct NoGradGuard : ScopedFlag {
+    NoGradGuard() : ScopedFlag(detail::thread_grad_enabled(), false) {}
 };
 
 // True when an op with these inputs must record a backward step.

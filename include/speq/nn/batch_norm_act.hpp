@@ -26,15 +26,8 @@ inline bool& bn_act_fusion_enabled() {
 
 // While alive, bn_act on this thread runs the modules one after the other, as before the fused op
 // existed: the reference the tests compare the fused path with.
-class UnfusedBnActGuard {
-public:
-    UnfusedBnActGuard() : previous_(detail::bn_act_fusion_enabled()) { detail::bn_act_fusion_enabled() = false; }
-    ~UnfusedBnActGuard() { detail::bn_act_fusion_enabled() = previous_; }
-    UnfusedBnActGuard(const UnfusedBnActGuard&) = delete;
-    UnfusedBnActGuard& operator=(const UnfusedBnActGuard&) = delete;
-
-private:
-    bool previous_;
+struct UnfusedBnActGuard : ScopedFlag {
+    UnfusedBnActGuard() : ScopedFlag(detail::bn_act_fusion_enabled(), false) {}
 };
 
 // act(bn(x)), or act(bn(x) + *residual):  x [N, C, H, W] -> same shape (residual: same shape)

@@ -29,6 +29,7 @@ namespace detail {
 // relu(z) = max(z, 0), as ops/relu.hpp; its gradient passes where z > 0.
 struct ReluActivation {
     static constexpr bool kLearnsAlpha = false;
+    void annotate(Var&) const {}  // ReLU's outputs are on no grid
     kernels::FloatBatch operator()(kernels::FloatBatch z) const { return xsimd::max(z, kernels::FloatBatch(0.0f)); }
     kernels::FloatBatch passed(kernels::FloatBatch z, kernels::FloatBatch dy) const {
         using kernels::FloatBatch;
@@ -43,6 +44,7 @@ struct PactActivation {
     float alpha;
     quant::detail::PactGrid grid;
     PactActivation(float alpha_, int bits) : alpha(alpha_), grid(alpha_, bits) {}
+    void annotate(Var& y) const { y.set_grid(grid.value_grid()); }  // the codes, for the next conv
     kernels::FloatBatch operator()(kernels::FloatBatch z) const {
         using kernels::FloatBatch;
         return xsimd::round(xsimd::clip(z * FloatBatch(grid.inv_scale), FloatBatch(0.0f), FloatBatch(grid.levels))) *
@@ -85,6 +87,7 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
                       x.value().data(), rd...);
 
     Var out = op_result(std::move(y), {&x, &gamma, &beta, &alpha, &residual});
+    act.annotate(out);
     if (!out.requires_grad()) return out;
     // Backward, per channel c (z recomputed from x and r):
     //   dz = dy * [z passes]    relu: z > 0;  PACT: 0 < z < alpha

@@ -1,13 +1,17 @@
-// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch): direct where the output
-// has a multiple of the SIMD width of pixels (kernels/conv_direct.hpp), by im2col + GEMM otherwise.
+// speq/ops/conv2d.hpp: 2-D convolution (cross-correlation, as in PyTorch). Forward: in integers
+// where both operands are quantized (kernels/conv_int8.hpp), else direct where the output has a
+// multiple of the SIMD width of pixels (kernels/conv_direct.hpp), else by im2col + GEMM.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "speq/core/tape.hpp"
 #include "speq/core/threads.hpp"
 #include "speq/kernels/conv_direct.hpp"
+#include "speq/kernels/conv_int8.hpp"
 #include "speq/kernels/conv_weight_grad.hpp"
 #include "speq/kernels/elementwise.hpp"
 #include "speq/kernels/gemm.hpp"
@@ -71,14 +75,77 @@ void conv2d_direct(const kernels::ConvGeometry& g, const Tensor& x, const Tensor
     });
 }
 
+// Images convolved by the integer path so far (all threads): lets tests and the benchmark see
+// that quantized convs take it.
+inline std::atomic<int64_t>& integer_conv_images() {
+    static std::atomic<int64_t> count{0};
+    return count;
+}
+inline bool& integer_conv_enabled() {
+    thread_local bool enabled = true;
+    return enabled;
+}
+
+// y [N, K, H'*W'] = conv(x) (+ bias) from the operands' integer codes (kernels/conv_int8.hpp), if
+// this build has the integer kernel and both Vars carry a grid it takes: x on one unsigned grid of
+// codes 0..255 (PACT's), the weight on per-tensor or per-channel steps with codes in -128..127.
+// Every value is checked against its grid while packing; if any is off (a stale or wrong
+// annotation), nothing is written and false is returned, and the caller computes in float.
+// image_done(n) runs after image n is written.
+template <class ImageDone>
+bool conv2d_integer(const kernels::ConvGeometry& g, const Var& x, const Var& weight, const float* bias, float* y,
+                    const ImageDone& image_done) {
+    if (!kernels::kInt8ConvCompiled || !integer_conv_enabled()) return false;
+    const ValueGrid* x_grid = x.grid();
+    const ValueGrid* w_grid = weight.grid();
+    if (!x_grid || !w_grid || x_grid->scales.size() != 1 || x_grid->offset != 0.0f || x_grid->min_code < 0 ||
+        x_grid->max_code > 255)
+        return false;
+    const kernels::Int8ConvLayout layout = kernels::Int8ConvLayout::of(g);
+    const int64_t N = x.shape()[0], K = weight.shape()[0], P = g.out_h * g.out_w, words = layout.image_words();
+    std::vector<int32_t> packed_w;
+    std::vector<float> channel_steps;
+    if (!kernels::pack_weight_codes(layout, weight.value().data(), K, kernels::integer_steps(*w_grid), packed_w,
+                                    channel_steps))
+        return false;
+    const float x_step = x_grid->scales[0];
+    Tensor packed_x = Tensor::uninitialized({N * words});  // uint32 codes in float storage
+    auto* codes = reinterpret_cast<uint32_t*>(packed_x.data());
+    std::vector<char> on_grid(static_cast<size_t>(N));
+    parallel_split(N, conv2d_image_groups(N), [&](int64_t, int64_t first, int64_t last) {
+        for (int64_t n = first; n < last; ++n)
+            on_grid[static_cast<size_t>(n)] =
+                kernels::pack_activation_codes(layout, x.value().data() + n * g.image_size(), x_step, codes + n * words);
+    });
+    if (std::find(on_grid.begin(), on_grid.end(), 0) != on_grid.end()) return false;
+    parallel_split(N, conv2d_image_groups(N), [&](int64_t, int64_t first, int64_t last) {
+        Tensor wide = Tensor::uninitialized({K * layout.wide});  // int32 sums in float storage
+        auto* sums = reinterpret_cast<int32_t*>(wide.data());
+        for (int64_t n = first; n < last; ++n) {
+            kernels::int8_conv_image(layout, codes + n * words, packed_w.data(), K, sums);
+            kernels::finish_int8_image(layout, sums, K, x_step, channel_steps, bias, y + n * K * P);
+            image_done(n);
+        }
+    });
+    integer_conv_images() += N;
+    return true;
+}
+
 }  // namespace detail
+
+// While alive, conv2d on this thread computes in float even where both operands are quantized:
+// to measure what the integer path buys (speq_bench --float-convs), or to compare its numerics.
+struct FloatConvGuard : ScopedFlag {
+    FloatConvGuard() : ScopedFlag(detail::integer_conv_enabled(), false) {}
+};
 
 // x: [N, C, H, W], weight: [K, C, kh, kw], bias: [K] or undefined Var -> [N, K, H', W'],
 // H' = (H + 2*padding - kh) / stride + 1, W' likewise. Zero padding; no groups or dilation.
 //
 // Per image n, with col_n = im2col(x_n): [C*kh*kw, H'W'] and W viewed as [K, C*kh*kw]:
 //   y_n = W col_n + b                                   ([K, H'W'])
-// (Where kernels::direct_conv_applies, the same sum is computed without col: kernels/conv_direct.hpp.)
+// (Where kernels::direct_conv_applies, the same sum is computed without col: kernels/conv_direct.hpp;
+// where x and the weight are quantized, in integers and rounded once: detail::conv2d_integer.)
 //
 // Backward, with dy_n = dL/dy_n ([K, H'W']):
 //   dx_n += col2im(W^T dy_n)       (col2im is the adjoint of im2col)
@@ -105,7 +172,9 @@ inline Var conv2d(const Var& x, const Var& weight, const Var& bias, Conv2dOption
         const float* wp = weight.value().data();
         const float* bp = bias.defined() ? bias.value().data() : nullptr;
         float* yp = y.data();
-        if (kernels::direct_conv_applies(g)) {
+        if (detail::conv2d_integer(g, x, weight, bp, yp, [](int64_t) {})) {
+            // done: the quantized operands' exact sum
+        } else if (kernels::direct_conv_applies(g)) {
             detail::conv2d_direct(g, x.value(), weight.value(), bp, yp, [](int64_t, int64_t, int64_t) {});
         } else {
             parallel_split(N, groups, [&](int64_t, int64_t first, int64_t last) {

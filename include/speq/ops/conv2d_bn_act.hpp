@@ -35,17 +35,17 @@ namespace detail {
 
 // The fused pass for one activation; `rd` is the residual's data, or nothing.
 template <class Act, class... R>
-Tensor conv2d_bn_act_with(const kernels::ConvGeometry& g, const Tensor& x, const Tensor& weight, const float* bias,
+Tensor conv2d_bn_act_with(const kernels::ConvGeometry& g, const Var& x, const Var& weight, const float* bias,
                           const BatchNormStatistics& stats, const Tensor& gamma, const Tensor& beta, const Act& act,
                           const R*... rd) {
     using kernels::FloatBatch;
-    const int64_t N = x.dim(0), K = weight.dim(0), P = g.out_h * g.out_w;
+    const int64_t N = x.shape()[0], K = weight.shape()[0], P = g.out_h * g.out_w;
     std::vector<ChannelAffine> affine;
     affine.reserve(static_cast<size_t>(K));
     for (int64_t k = 0; k < K; ++k) affine.emplace_back(stats, gamma, beta, k);
     Tensor y = Tensor::uninitialized({N, K, g.out_h, g.out_w});
     // y = act(bn(conv) [+ r]) on the tile just summed: pixels [p0, p0 + pixels) of every channel of image n
-    conv2d_direct(g, x, weight, bias, y.data(), [&](int64_t n, int64_t p0, int64_t pixels) {
+    auto epilogue = [&](int64_t n, int64_t p0, int64_t pixels) {
         float* y_n = y.data() + n * K * P;
         for (int64_t k = 0; k < K; ++k) {
             const int64_t at = k * P + p0;
@@ -55,7 +55,11 @@ Tensor conv2d_bn_act_with(const kernels::ConvGeometry& g, const Tensor& x, const
                     .store_unaligned(y_n + at + i);
             }
         }
-    });
+    };
+    // The same conv as conv2d's: in integers where the operands are quantized (then the epilogue
+    // runs on each whole image, still in L2), else the direct kernel.
+    if (!conv2d_integer(g, x, weight, bias, y.data(), [&](int64_t n) { epilogue(n, 0, P); }))
+        conv2d_direct(g, x.value(), weight.value(), bias, y.data(), epilogue);
     return y;
 }
 
@@ -85,13 +89,16 @@ inline Var conv2d_bn_act_inference(const Var& x, const Var& weight, const Var& b
     const float* bp = bias.defined() ? bias.value().data() : nullptr;
     auto run = [&](const auto& act) {
         if (residual)
-            return detail::conv2d_bn_act_with(g, x.value(), weight.value(), bp, stats, gamma.value(), beta.value(), act,
+            return detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act,
                                               residual->value().data());
-        return detail::conv2d_bn_act_with(g, x.value(), weight.value(), bp, stats, gamma.value(), beta.value(), act);
+        return detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act);
     };
     if (quant::is_full_precision(bits)) return Var(run(detail::ReluActivation{}), false);
     const float a = quant::detail::check_alpha("conv2d_bn_act_inference", alpha);
-    return Var(run(detail::PactActivation(a, bits)), false);
+    const detail::PactActivation pact(a, bits);
+    Var out(run(pact), false);
+    pact.annotate(out);
+    return out;
 }
 
 }  // namespace speq

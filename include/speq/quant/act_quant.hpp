@@ -25,6 +25,8 @@ struct PactGrid {
     float levels, scale, inv_scale;
     PactGrid(float alpha, int bits)
         : levels(static_cast<float>((1 << bits) - 1)), scale(alpha / levels), inv_scale(levels / alpha) {}
+    // What the quantized values are, for ops that compute on the codes (Var::grid).
+    ValueGrid value_grid() const { return {{scale}, 0.0f, 0, static_cast<int32_t>(levels)}; }
 };
 
 inline float check_alpha(const char* op, const Var& alpha) {
@@ -71,6 +73,7 @@ inline Var pact_quantize(const Var& x, const Var& alpha, int bits) {
             x.value().data());
     }
     Var out = op_result(std::move(y), {&x, &alpha});
+    if (!is_full_precision(bits)) out.set_grid(detail::PactGrid(a, bits).value_grid());
     if (out.requires_grad()) {
         tape().record([x, alpha, out, a] {
             if (!out.has_grad()) return;

@@ -72,6 +72,7 @@ inline Var lsq_quantize(const Var& w, const Var& step, int bits, bool per_channe
     const GridSpec g = grid_spec("lsq_quantize", bits, grid);
     std::vector<detail::RowScale> scales = detail::step_scales(step.value());
     Var out = op_result(detail::quantize_rows(w.value(), rows, g, scales), {&w, &step});
+    out.set_grid(detail::rows_value_grid(g, scales));
     if (out.requires_grad()) {
         const float grad_scale = lsq_grad_scale(w.numel() / rows, bits, grid);
         tape().record([w, step, out, g, scales = std::move(scales), rows, grad_scale] {

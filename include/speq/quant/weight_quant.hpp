@@ -173,6 +173,13 @@ inline std::vector<RowScale> row_scales(const std::vector<float>& thresholds, co
     return r;
 }
 
+// What quantize_rows(w, rows, g, scales) outputs are, for ops that compute on the codes (Var::grid).
+inline ValueGrid rows_value_grid(const GridSpec& g, const std::vector<RowScale>& scales) {
+    ValueGrid grid{{}, g.offset, g.min_code, g.max_code};
+    for (const RowScale& r : scales) grid.scales.push_back(r.scale);
+    return grid;
+}
+
 // The integer view of quantize_rows(w, rows, g, scales): the same codes, by the scalar coder.
 inline IntegerCodes signed_codes(const Tensor& w, const GridSpec& g, const std::vector<RowScale>& scales) {
     IntegerCodes out;
@@ -215,7 +222,9 @@ inline Var quantize_weight(const Var& w, const WeightQuantOptions& options) {
     if (is_full_precision(options.bits)) return w;
     const GridSpec g = grid_spec("quantize_weight", options.bits, options.grid);
     std::vector<float> thresholds = detail::weight_thresholds(w.value(), rows, g, options.scale);
-    Var out = op_result(detail::quantize_rows(w.value(), rows, g, detail::row_scales(thresholds, g)), {&w});
+    const std::vector<detail::RowScale> scales = detail::row_scales(thresholds, g);
+    Var out = op_result(detail::quantize_rows(w.value(), rows, g, scales), {&w});
+    out.set_grid(detail::rows_value_grid(g, scales));
     if (out.requires_grad()) {
         const bool clips = options.scale != ScaleMethod::max_abs;
         tape().record([w, out, thresholds = std::move(thresholds), rows, clips] {
