@@ -179,10 +179,23 @@ inline bool pack_activation_codes(const Int8ConvLayout& l, const float* x, float
     return ok;
 }
 
+// The register tile: kInt8TileChannels output channels x kInt8TileRuns runs of 16 outputs.
+// 6 x 4 (24 accumulators) was the fastest of 4x4, 6x4, 8x3 and 5x5 on an AVX-512 AMD EPYC
+// (bench/README.md, 2026-12-07); -D SPEQ_INT8_TILE_CHANNELS= / _RUNS= set others for such a test.
+#ifndef SPEQ_INT8_TILE_CHANNELS
+#define SPEQ_INT8_TILE_CHANNELS 6
+#endif
+#ifndef SPEQ_INT8_TILE_RUNS
+#define SPEQ_INT8_TILE_RUNS 4
+#endif
+inline constexpr int kInt8TileChannels = SPEQ_INT8_TILE_CHANNELS;
+inline constexpr int kInt8TileRuns = SPEQ_INT8_TILE_RUNS;
+
 #if SPEQ_INT8_CONV
 // acc[KT channels][PV * 16 outputs] = the integer sums of outputs q0 .. q0 + 16*PV of channels
 // k0 .. k0 + KT: per tap and channel group, PV loads of 16 inputs' 4 codes, KT broadcast weight
-// words, KT * PV vpdpbusd. 16 accumulators for 4 x 4 (of 32 registers). Stored to wide[k][q].
+// words, KT * PV vpdpbusd (KT * PV accumulators + PV inputs + 1 weight of the 32 registers).
+// Stored to wide[k][q].
 template <int KT, int PV>
 SPEQ_KERNEL_NOINLINE void int8_conv_tile(const Int8ConvLayout& l, const uint32_t* x, const int32_t* w, int64_t q0,
                                          int32_t* wide) {
@@ -209,8 +222,21 @@ SPEQ_KERNEL_NOINLINE void int8_conv_tile(const Int8ConvLayout& l, const uint32_t
 template <int KT>
 void int8_conv_channels(const Int8ConvLayout& l, const uint32_t* x, const int32_t* w, int32_t* wide) {
     int64_t q0 = 0;
-    for (; q0 + 64 <= l.wide; q0 += 64) int8_conv_tile<KT, 4>(l, x, w, q0, wide);
+    for (; q0 + 16 * kInt8TileRuns <= l.wide; q0 += 16 * kInt8TileRuns) int8_conv_tile<KT, kInt8TileRuns>(l, x, w, q0, wide);
     for (; q0 < l.wide; q0 += 16) int8_conv_tile<KT, 1>(l, x, w, q0, wide);
+}
+
+// Channels k .. K in tiles of KT, the last one narrower.
+template <int KT>
+void int8_conv_channel_tiles(const Int8ConvLayout& l, const uint32_t* x, const int32_t* w, int64_t k, int64_t K,
+                             int32_t* wide) {
+    const int64_t per_channel = l.taps() * l.groups;
+    if constexpr (KT > 1) {
+        for (; k + KT <= K; k += KT) int8_conv_channels<KT>(l, x, w + k * per_channel, wide + k * l.wide);
+        if (k < K) int8_conv_channel_tiles<KT - 1>(l, x, w, k, K, wide);
+    } else {
+        for (; k < K; ++k) int8_conv_channels<1>(l, x, w + k * per_channel, wide + k * l.wide);
+    }
 }
 #endif
 
@@ -218,15 +244,7 @@ void int8_conv_channels(const Int8ConvLayout& l, const uint32_t* x, const int32_
 // packed weights (pack_activation_codes, pack_weight_codes). Needs kInt8ConvCompiled.
 inline void int8_conv_image(const Int8ConvLayout& l, const uint32_t* x, const int32_t* w, int64_t K, int32_t* wide) {
 #if SPEQ_INT8_CONV
-    const int64_t per_channel = l.taps() * l.groups;
-    int64_t k = 0;
-    for (; k + 4 <= K; k += 4) int8_conv_channels<4>(l, x, w + k * per_channel, wide + k * l.wide);
-    switch (K - k) {
-        case 3: int8_conv_channels<3>(l, x, w + k * per_channel, wide + k * l.wide); break;
-        case 2: int8_conv_channels<2>(l, x, w + k * per_channel, wide + k * l.wide); break;
-        case 1: int8_conv_channels<1>(l, x, w + k * per_channel, wide + k * l.wide); break;
-        default: break;
-    }
+    int8_conv_channel_tiles<kInt8TileChannels>(l, x, w, 0, K, wide);
 #else
     (void)l, (void)x, (void)w, (void)K, (void)wide;
     SPEQ_CHECK(false, "int8_conv_image: this build has no integer convolution (needs AVX-512 VNNI)");
