@@ -122,7 +122,6 @@ inline bool pack_activation_codes(const Int8ConvLayout& l, const float* x, float
     if (!(step > 0.0f)) return false;
     const float inv = 1.0f / step;
     std::memset(packed, 0, sizeof(uint32_t) * static_cast<size_t>(l.image_words()));
-    bool ok = true;
 #if SPEQ_INT8_CONV
     if (g.stride == 1 || g.stride == 2) {  // 16 pixels of 4 channels at a time (the rest below)
         const __m512 vinv = _mm512_set1_ps(inv), vstep = _mm512_set1_ps(step), top = _mm512_set1_ps(255.0f);
@@ -167,7 +166,8 @@ inline bool pack_activation_codes(const Int8ConvLayout& l, const float* x, float
         return bad == 0;
     }
 #endif
-    auto* bytes = reinterpret_cast<uint8_t*>(packed);
+    auto* bytes = reinterpret_cast<uint8_t*>(packed);  // any stride, one code at a time
+    bool ok = true;
     for (int64_t c = 0; c < g.channels && ok; ++c)
         for (int64_t h = 0; h < g.height; ++h)
             for (int64_t w = 0; w < g.width; ++w) {
@@ -260,10 +260,7 @@ inline void finish_int8_image(const Int8ConvLayout& l, const int32_t* wide, int6
         for (int64_t oh = 0; oh < H; ++oh) {
             const int32_t* src = wide + k * l.wide + oh * l.phase_w;
             float* dst = y + (k * H + oh) * W;
-            if (bias)
-                for (int64_t ow = 0; ow < W; ++ow) dst[ow] = static_cast<float>(src[ow]) * scale + b;
-            else
-                for (int64_t ow = 0; ow < W; ++ow) dst[ow] = static_cast<float>(src[ow]) * scale;
+            for (int64_t ow = 0; ow < W; ++ow) dst[ow] = static_cast<float>(src[ow]) * scale + b;
         }
     }
 }

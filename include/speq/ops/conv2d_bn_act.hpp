@@ -88,17 +88,15 @@ inline Var conv2d_bn_act_inference(const Var& x, const Var& weight, const Var& b
         detail::batch_norm_eval_statistics(running_mean, running_var, bn_options.eps);
     const float* bp = bias.defined() ? bias.value().data() : nullptr;
     auto run = [&](const auto& act) {
-        if (residual)
-            return detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act,
-                                              residual->value().data());
-        return detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act);
+        Var out(residual ? detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act,
+                                                      residual->value().data())
+                         : detail::conv2d_bn_act_with(g, x, weight, bp, stats, gamma.value(), beta.value(), act),
+                false);
+        act.annotate(out);  // PACT's codes, for the next conv's integer path
+        return out;
     };
-    if (quant::is_full_precision(bits)) return Var(run(detail::ReluActivation{}), false);
-    const float a = quant::detail::check_alpha("conv2d_bn_act_inference", alpha);
-    const detail::PactActivation pact(a, bits);
-    Var out(run(pact), false);
-    pact.annotate(out);
-    return out;
+    if (quant::is_full_precision(bits)) return run(detail::ReluActivation{});
+    return run(detail::PactActivation(quant::detail::check_alpha("conv2d_bn_act_inference", alpha), bits));
 }
 
 }  // namespace speq
