@@ -134,6 +134,7 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
             };
             for (int64_t n = 0; n < N && needs_pass1; ++n) {
                 const int64_t p = at.plane(n, c);
+                at.prefetch_ahead(n, c, dy, xd, rd...);  // small planes: see ChannelPlanes
                 std::array<double, K> s;
                 if (dr && dr_fresh)  // dresidual = dz, its uninitialized values never read
                     s = kernels::map_and_sums(HW, dr + p, sums_of, dy + p, xd + p, (rd + p)...);
