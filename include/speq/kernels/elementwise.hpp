@@ -105,7 +105,6 @@ void map_into_grad(bool fresh, int64_t n, float* out, F&& f, const In*... in) {
         map(n, out, f, out, in...);
 }
 
-// dst[i] += src[i]: how most backward steps hand a gradient on.
 // Asks for the n floats at p to be brought into the cache ahead of a loop that will read them
 // (a hint: no effect on results). On x86 it is an asm statement, not __builtin_prefetch: GCC 12
 // at -O3 deleted loops of __builtin_prefetch as loops without side effects (C++ lets it assume
@@ -119,6 +118,7 @@ inline void prefetch_floats([[maybe_unused]] const float* p, [[maybe_unused]] in
 #endif
 }
 
+// dst[i] += src[i]: how most backward steps hand a gradient on.
 inline void accumulate(int64_t n, float* dst, const float* src) {
     map(n, dst, [](FloatBatch d, FloatBatch s) { return d + s; }, dst, src);
 }
