@@ -4,7 +4,8 @@
 //
 // The model, data set and quantization come from the config stored in the checkpoint; --data_dir
 // overrides where the data set is read from; --act-bits N runs every body activation quantizer at
-// N bits (1..8, or 32 for full precision). --speq-teacher also measures SPEQ's teacher as training
+// N bits (1..8, or 32 for full precision); the classifier's input keeps the bits it was trained
+// with (8 in a W2A2 run, 32 in an FP one). --speq-teacher also measures SPEQ's teacher as training
 // runs it (train::evaluate_teacher: the checkpoint config's speq draw, a new bit pattern per batch
 // of batch_size images, batch statistics): "teacher_top1" in the JSON; --teacher-u U draws with
 // probability U instead of the config's speq.u (0: the student itself, on batch statistics; 1:
@@ -70,11 +71,7 @@ int main(int argc, char** argv) {
         auto model = train::build_model(config.model, config, data.train, 0);
         nn::configure_quantization(*model, train::quant_config(config));
         train::load_model_state(file, *model, checkpoint);
-        if (act_bits > 0) {
-            // Body layers only: those at the config's act_bits (the classifier's input keeps its bits).
-            for (auto& [name, a] : nn::named_act_quants(*model))
-                if (a->bits() == config.act_bits) a->set_bits(act_bits);
-        }
+        if (act_bits > 0) nn::set_body_act_bits(*model, act_bits);  // the classifier's input keeps its bits
         const int shown_bits = act_bits > 0 ? act_bits : config.act_bits;
         train::EvalResult r = train::evaluate(*model, data.test, data.normalization);
         std::printf("%s: test top-1 %.2f%% (%lld images, weights %d bits, activations %d bits)\n", checkpoint.c_str(),

@@ -560,6 +560,38 @@ TEST_CASE("set_act_bits: all, by name, per layer, the guard restores") {
                          doctest::Contains("19 activation quantizers, got 3"), Error);
 }
 
+TEST_CASE("set_body_act_bits: every activation but the classifier's input, whatever their bits (speq-eval --act-bits)") {
+    Rng rng(17);
+    nn::ResNetCifar net(20, 10, nn::Shortcut::A, rng);
+    auto body_and_last = [&](int body, int last) {
+        std::vector<int> want(19, body);
+        want.back() = last;
+        return want;
+    };
+    // An FP model: every layer at 32, the last one too; only the body moves.
+    nn::configure_quantization(net, nn::QuantConfig{});
+    nn::set_body_act_bits(net, 2);
+    CHECK(nn::act_bits(net) == body_and_last(2, 32));
+    CHECK(net.block(3, 2).act2().bits() == 32);  // layer3.2.act2 feeds the classifier
+
+    // act_bits = last_layer_bits (W8A8): the last layer has the body's bits and still keeps them.
+    nn::QuantConfig w8a8;
+    w8a8.weight_bits = w8a8.act_bits = 8;
+    nn::configure_quantization(net, w8a8);
+    REQUIRE(nn::act_bits(net) == body_and_last(8, 8));
+    nn::set_body_act_bits(net, 3);
+    CHECK(nn::act_bits(net) == body_and_last(3, 8));
+
+    // W2A2 (last at 8): as before this change.
+    nn::QuantConfig w2a2;
+    w2a2.weight_bits = w2a2.act_bits = 2;
+    nn::configure_quantization(net, w2a2);
+    nn::set_body_act_bits(net, 32);
+    CHECK(nn::act_bits(net) == body_and_last(32, 8));
+    CHECK_THROWS_WITH_AS(nn::set_body_act_bits(net, 9), doctest::Contains("set_body_act_bits"), Error);
+    CHECK(nn::act_bits(net) == body_and_last(32, 8));
+}
+
 TEST_CASE("configure_quantization: body, first and last layers, the FP model") {
     Rng rng(15);
     nn::ResNetCifar net(20, 10, nn::Shortcut::B, rng);

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -207,4 +208,138 @@ TEST_CASE("trainer: starting from a quantized checkpoint keeps its learned PACT 
             INFO(name);
             CHECK(t[0] == doctest::Approx(2.5f).epsilon(1e-5));
         }
+}
+
+TEST_CASE("trainer: a checkpoint that lacks a model tensor is refused by name, by speq-eval's path and by --resume") {
+    TempDir tmp("missing_tensor");
+    write_split(tmp.path, "train", 64, 11);
+    write_split(tmp.path, "t10k", 32, 12);
+    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");
+    c.weight_quant.scale = io::WeightScale::lsq;  // learned steps: conv2.weight_step and the others
+    c.max_steps = 1;
+    train::Trainer(c, false).run();
+    const std::string last = (tmp.path / "run" / "last.safetensors").string();
+    const io::TensorFile good = io::load_safetensors(last);
+    REQUIRE(good.find("conv2.weight_step") != nullptr);
+
+    for (const std::string dropped : {"conv2.weight_step", "act1.alpha", "bn1.running_mean"}) {
+        INFO(dropped);
+        io::TensorFile file;
+        file.metadata = good.metadata;
+        for (const auto& [name, t] : good.tensors)
+            if (name != dropped) file.tensors.push_back({name, t});
+        REQUIRE(file.tensors.size() + 1 == good.tensors.size());
+        save_tensor_file(file, last, file.metadata);
+
+        // As speq-eval loads it: the model configured from the checkpoint's config, then loaded.
+        const io::TensorFile reread = io::load_safetensors(last);
+        const io::TrainConfig saved = train::checkpoint_config(reread, last);
+        train::DataSets data = train::load_data(saved);
+        auto model = train::build_model(saved.model, saved, data.train, 0);
+        nn::configure_quantization(*model, train::quant_config(saved));
+        const std::string message = "missing 1 tensor(s): " + dropped;
+        CHECK_THROWS_WITH_AS(train::load_model_state(reread, *model, last), doctest::Contains(message.c_str()), Error);
+        CHECK_THROWS_WITH_AS(train::Trainer(c, true).run(), doctest::Contains(message.c_str()), Error);
+    }
+}
+
+TEST_CASE("trainer: speq runs log the teacher's test top-1 each epoch, and measuring it changes nothing") {
+    TempDir tmp("teacher_metrics");
+    write_split(tmp.path, "train", 128, 13);
+    write_split(tmp.path, "t10k", 64, 14);
+    io::TrainConfig measured = tiny_config(tmp.path, tmp.path / "measured");
+    train::Trainer(measured, false).run();
+    io::TrainConfig silent = tiny_config(tmp.path, tmp.path / "silent");
+    silent.speq.eval_teacher = false;
+    train::Trainer(silent, false).run();
+    io::TrainConfig qat = tiny_config(tmp.path, tmp.path / "qat");
+    qat.method = io::Method::qat;
+    train::Trainer(qat, false).run();
+
+    const std::vector<std::string> with = lines_of(tmp.path / "measured" / "metrics.jsonl");
+    const std::vector<std::string> without = lines_of(tmp.path / "silent" / "metrics.jsonl");
+    REQUIRE(with.size() == 2);
+    REQUIRE(without.size() == 2);
+    for (size_t i = 0; i < with.size(); ++i) {
+        nlohmann::json a = timeless(with[i]);
+        REQUIRE(a.contains("teacher_top1"));
+        const double t = a["teacher_top1"];
+        CHECK(t >= 0.0);
+        CHECK(t <= 1.0);
+        CHECK(a["teacher_test_loss"].get<double>() > 0.0);
+        a.erase("teacher_top1");
+        a.erase("teacher_test_loss");
+        CHECK(a == timeless(without[i]));  // the same training, line for line
+    }
+    for (const std::string& line : lines_of(tmp.path / "qat" / "metrics.jsonl"))
+        CHECK_FALSE(nlohmann::json::parse(line).contains("teacher_top1"));
+
+    // Every parameter bit for bit.
+    const io::TensorFile a = io::load_safetensors((tmp.path / "measured" / "last.safetensors").string());
+    const io::TensorFile b = io::load_safetensors((tmp.path / "silent" / "last.safetensors").string());
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (size_t i = 0; i < a.tensors.size(); ++i) {
+        INFO(a.tensors[i].first);
+        CHECK(a.tensors[i].first == b.tensors[i].first);
+        CHECK(std::memcmp(a.tensors[i].second.data(), b.tensors[i].second.data(),
+                          static_cast<size_t>(a.tensors[i].second.numel()) * sizeof(float)) == 0);
+    }
+
+    // The teacher's number is the one speq-eval --speq-teacher gives for the same draw.
+    const std::string last = (tmp.path / "measured" / "last.safetensors").string();
+    const io::TensorFile file = io::load_safetensors(last);
+    const io::TrainConfig saved = train::checkpoint_config(file, last);
+    train::DataSets data = train::load_data(saved);
+    auto model = train::build_model(saved.model, saved, data.train, 0);
+    nn::configure_quantization(*model, train::quant_config(saved));
+    train::load_model_state(file, *model, last);
+    Rng draws(static_cast<uint64_t>(saved.seed), train::Trainer::kTeacherEvalStream + 1);  // epoch 2
+    const train::EvalResult t = train::evaluate_teacher(*model, data.test, data.normalization, saved.batch_size,
+                                                        saved.act_bits, saved.speq, draws);
+    CHECK(timeless(with[1])["teacher_top1"].get<double>() == t.top1);
+}
+
+TEST_CASE("trainer: save_model_only keeps the model and the config, drops the optimizer, and cannot be resumed") {
+    TempDir tmp("model_only");
+    const std::string last = one_step_checkpoint(tmp, 15);
+    const io::TensorFile full = io::load_safetensors(last);
+    const std::string published = (tmp.path / "model.safetensors").string();
+    train::save_model_only(full, last, published);
+
+    const io::TensorFile model_only = io::load_safetensors(published);
+    size_t model_tensors = 0;
+    for (const auto& [name, t] : full.tensors)
+        if (name.rfind(train::kMomentumPrefix, 0) != 0) {
+            ++model_tensors;
+            INFO(name);
+            const Tensor* kept = model_only.find(name);
+            REQUIRE(kept != nullptr);
+            CHECK(std::memcmp(kept->data(), t.data(), static_cast<size_t>(t.numel()) * sizeof(float)) == 0);
+        }
+    CHECK(model_only.tensors.size() == model_tensors);
+    CHECK(model_tensors < full.tensors.size());  // there was optimizer state to drop
+    CHECK(model_only.metadata.at("config") == full.metadata.at("config"));
+    CHECK(model_only.metadata.at("step") == "1");
+    CHECK(model_only.metadata.at("content") == "model");
+
+    // Evaluates exactly as the checkpoint does.
+    const io::TrainConfig saved = train::checkpoint_config(model_only, published);
+    train::DataSets data = train::load_data(saved);
+    auto evaluate_file = [&](const io::TensorFile& file, const std::string& path) {
+        auto model = train::build_model(saved.model, saved, data.train, 0);
+        nn::configure_quantization(*model, train::quant_config(saved));
+        train::load_model_state(file, *model, path);
+        return train::evaluate(*model, data.test, data.normalization);
+    };
+    const train::EvalResult a = evaluate_file(full, last), b = evaluate_file(model_only, published);
+    CHECK(a.top1 == b.top1);
+    CHECK(a.loss == b.loss);
+
+    // As last.safetensors of a run it is refused: resuming without momentum would be silently different.
+    io::TrainConfig c = tiny_config(tmp.path, tmp.path / "run");
+    c.max_steps = 2;
+    std::filesystem::copy_file(published, last, std::filesystem::copy_options::overwrite_existing);
+    CHECK_THROWS_WITH_AS(train::Trainer(c, true).run(), doctest::Contains("model-only file"), Error);
+    CHECK_THROWS_WITH_AS(train::save_model_only(io::TensorFile{}, "empty.safetensors", published),
+                         doctest::Contains("empty.safetensors: not a speq training checkpoint"), Error);
 }

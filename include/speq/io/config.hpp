@@ -131,6 +131,7 @@ struct SpeqConfig {
     double kd_weight = 1.0;
     int kd_warmup_epochs = 0;
     TeacherNorm teacher_bn = TeacherNorm::batch;
+    bool eval_teacher = true;  // a diagnostic: the teacher's test top-1 each epoch (metrics.jsonl)
 };
 
 struct KdConfig {
@@ -472,6 +473,7 @@ inline const std::vector<ConfigField>& config_fields() {
         number(SPEQ_KEY(speq.kd_weight), non_negative(), "beta: weight of 1 - cos(softmax(z_s/T), softmax(z_t/T))"),
         integer(SPEQ_KEY(speq.kd_warmup_epochs), at_least(0), "ramp beta linearly from 0 to kd_weight over this many epochs (per step), while the freshly quantized teacher recovers; 0 = full weight from the first step"),
         choice(SPEQ_KEY(speq.teacher_bn), "batch norm in the teacher pass: batch = the batch's own statistics, like the student (running statistics untouched); running = the running statistics (eval mode), like the network at test time"),
+        boolean(SPEQ_KEY(speq.eval_teacher), "after each epoch also measure the teacher as training runs it (train::evaluate_teacher on the test set, batches of batch_size): teacher_top1 and teacher_test_loss in metrics.jsonl; costs about one test-set forward pass"),
         text(SPEQ_KEY(kd.teacher_checkpoint), true, "safetensors file of the FP teacher (needed by method kd)"),
         choice(SPEQ_KEY(kd.teacher_model), "the teacher's network"),
         choice(SPEQ_KEY(kd.loss), "kl: KL divergence of the softened outputs (Hinton et al.); cosine: 1 - cos of the softmaxes"),

@@ -77,6 +77,15 @@ inline void set_act_bits(Module& model, int bits) {
 // One ActQuant, by name.
 inline void set_act_bits(Module& model, const std::string& name, int bits) { act_quant(model, name).set_bits(bits); }
 
+// Every ActQuant but the last to `bits`: the body's activations. The last one feeds the classifier
+// and keeps its bits (configure_quantization gives it max(last_layer_bits, act_bits)), whatever
+// they are; speq-eval --act-bits uses this.
+inline void set_body_act_bits(Module& model, int bits) {
+    quant::check_bits("set_body_act_bits", bits);
+    NamedActQuants acts = named_act_quants(model);
+    for (size_t i = 0; i + 1 < acts.size(); ++i) acts[i].second->set_bits(bits);
+}
+
 // The bits of every ActQuant, in forward order.
 inline std::vector<int> act_bits(Module& model) {
     std::vector<int> out;

@@ -128,6 +128,25 @@ inline void save_checkpoint(const std::string& path, nn::Module& model, const op
     io::save_safetensors(path, tensors, meta);
 }
 
+// The trained network alone, for publishing: the model's tensors of a training checkpoint (its
+// optimizer.* tensors dropped, about a third of the file) with the metadata kept, so the file
+// still says how it was trained (config) and how far (epoch, step, wall_seconds), and speq-eval
+// and load_model_state read it like the checkpoint. Written atomically.
+inline void save_model_only(const io::TensorFile& checkpoint, const std::string& checkpoint_path,
+                            const std::string& out_path) {
+    SPEQ_CHECK(checkpoint.metadata.count("config"), checkpoint_path,
+               ": not a speq training checkpoint: it has no 'config' metadata");
+    io::NamedConstTensors model;
+    for (const auto& [name, t] : checkpoint.tensors)
+        if (name.compare(0, std::strlen(kMomentumPrefix), kMomentumPrefix) != 0) model.push_back({name, &t});
+    SPEQ_CHECK(!model.empty(), checkpoint_path, ": holds no model tensors");
+    std::map<std::string, std::string> meta;
+    for (const char* key : {"config", "epoch", "batch", "step", "wall_seconds"})
+        if (auto it = checkpoint.metadata.find(key); it != checkpoint.metadata.end()) meta[key] = it->second;
+    meta["content"] = "model";  // no optimizer state: evaluate or start a new run from it, not --resume
+    io::save_safetensors(out_path, model, meta);
+}
+
 // The config a speq checkpoint was trained with.
 inline io::TrainConfig checkpoint_config(const io::TensorFile& file, const std::string& path) {
     auto it = file.metadata.find("config");
@@ -136,29 +155,29 @@ inline io::TrainConfig checkpoint_config(const io::TensorFile& file, const std::
                                 path + " (metadata 'config')");
 }
 
-// Loads only the model's tensors (optimizer state is ignored). Quantizer parameters that the file
-// lacks (LSQ's weight_step, when starting QAT from a full-precision run) are left as they are and
-// their names returned, so the caller can initialise them.
-inline std::vector<std::string> load_model_state(const io::TensorFile& file, nn::Module& model, const std::string& path) {
+// Loads only the model's tensors (optimizer state is ignored). Every tensor the model holds must be
+// in the file: a missing one is an error naming it, never a value left from initialisation. The
+// model's tensors are those its quantization has registered so far, so the rule for LSQ's
+// `weight_step` follows from the order of calls: the trainer loads an init_checkpoint (an FP run
+// has no steps) BEFORE configure_quantization registers the steps and initialises them from the
+// loaded weights; a trained model is configured first and then loaded, so its steps must be there.
+inline void load_model_state(const io::TensorFile& file, nn::Module& model, const std::string& path) {
     io::NamedMutableTensors wanted;
-    std::vector<std::string> absent;
-    for (auto& [name, t] : model.state()) {
-        const bool optional = name.size() >= 11 && name.compare(name.size() - 11, 11, "weight_step") == 0;
-        if (optional && !file.find(name)) absent.push_back(name);
-        else wanted.push_back({name, t});
-    }
+    for (auto& [name, t] : model.state()) wanted.push_back({name, t});
     // The file may hold optimizer state besides the model: only unprefixed names must match.
     io::TensorFile model_part;
     for (const auto& [name, t] : file.tensors)
         if (name.compare(0, std::strlen(kMomentumPrefix), kMomentumPrefix) != 0) model_part.tensors.push_back({name, t});
     io::assign_tensors(model_part, wanted, path);
-    return absent;
 }
 
 // Restores everything save_checkpoint wrote; the model must already be built and configured
 // exactly as when it was saved.
 inline TrainingPosition load_checkpoint(const io::TensorFile& file, const std::string& path, nn::Module& model,
                                         optim::SGD& sgd) {
+    if (auto it = file.metadata.find("content"); it != file.metadata.end() && it->second == "model")
+        fail(path, ": a model-only file (published, without optimizer state) cannot be resumed; start a new run "
+                   "from it with init_checkpoint, or evaluate it with speq-eval");
     io::NamedMutableTensors everything;
     for (auto& [name, t] : model.state()) everything.push_back({name, t});
     io::assign_tensors(file, everything, path, /*allow_extra=*/true);

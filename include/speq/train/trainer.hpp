@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "speq/io/atomic_file.hpp"
@@ -142,6 +143,10 @@ public:
         return train_loop();
     }
 
+    // The generator stream of the teacher's bit draws when it is measured after epoch e (0-based):
+    // Rng(seed, kTeacherEvalStream + e).
+    static constexpr uint64_t kTeacherEvalStream = 0x7eac0000;
+
 private:
     std::string out(const std::string& file) const { return (std::filesystem::path(config_.out_dir) / file).string(); }
 
@@ -231,6 +236,7 @@ private:
         saved.epochs = config_.epochs, saved.max_steps = config_.max_steps;
         saved.threads = config_.threads, saved.log_every = config_.log_every;
         saved.out_dir = config_.out_dir, saved.data_dir = config_.data_dir;
+        saved.speq.eval_teacher = config_.speq.eval_teacher;  // a measurement, not part of training
         const nlohmann::json was = io::to_json(saved).flatten(), now = io::to_json(config_).flatten();
         if (was == now) return;
         std::string diff;
@@ -404,7 +410,8 @@ private:
             if (interrupt.requested() && !epoch_done && at_.step < stop_at) stop_interrupted(interrupt.signal(), true);
             last_eval = evaluate(*model_, data_.test, data_.normalization);
             evaluated_last = true;
-            write_metrics(last_eval, epoch_done);
+            const std::optional<EvalResult> teacher = evaluate_teacher_now();
+            write_metrics(last_eval, teacher, epoch_done);
             if (epoch_done) {
                 at_.epoch += 1, at_.batch = 0;
                 at_.loss_sum = at_.ce_sum = at_.kd_sum = at_.high_sum = at_.ce_grad_sum = at_.kd_grad_sum = 0.0;
@@ -412,7 +419,7 @@ private:
                 save_checkpoint(out("epoch_" + std::to_string(at_.epoch) + ".safetensors"), *model_, *sgd_, config_, at_);
             }
             save_checkpoint(out("last.safetensors"), *model_, *sgd_, config_, at_);
-            log_epoch(last_eval, epoch_done);
+            log_epoch(last_eval, teacher, epoch_done);
             // A signal during the evaluation or the writes: the checkpoint above is current.
             if (interrupt.requested() && at_.epoch < config_.epochs && at_.step < stop_at)
                 stop_interrupted(interrupt.signal(), false);
@@ -430,7 +437,17 @@ private:
         return s;
     }
 
-    void write_metrics(const EvalResult& eval, bool epoch_done) {
+    // SPEQ's teacher on the test set as training runs it (speq.eval_teacher), else nothing. Its bit
+    // draws come from their own generator, seeded by the run's seed and the epoch, so measuring
+    // changes nothing in training and a resumed run measures the same.
+    std::optional<EvalResult> evaluate_teacher_now() {
+        if (config_.method != io::Method::speq || !config_.speq.eval_teacher) return std::nullopt;
+        Rng draws(static_cast<uint64_t>(config_.seed), kTeacherEvalStream + static_cast<uint64_t>(at_.epoch));
+        return evaluate_teacher(*model_, data_.test, data_.normalization, config_.batch_size, config_.act_bits,
+                                config_.speq, draws);
+    }
+
+    void write_metrics(const EvalResult& eval, const std::optional<EvalResult>& teacher, bool epoch_done) {
         const double n = std::max<int64_t>(at_.seen, 1);
         nlohmann::json j = {
             {"epoch", at_.epoch + 1}, {"complete", epoch_done}, {"step", at_.step},
@@ -447,16 +464,19 @@ private:
             if (at_.ce_grad_sum > 0) j["kd_ce_grad_ratio"] = at_.kd_grad_sum / at_.ce_grad_sum;
         }
         if (config_.method == io::Method::speq) j["teacher_high_fraction"] = at_.high_sum / n;
+        if (teacher) j["teacher_top1"] = teacher->top1, j["teacher_test_loss"] = teacher->loss;
         std::ofstream metrics(out("metrics.jsonl"), std::ios::app);
         metrics << j.dump() << "\n";
         SPEQ_CHECK(metrics.flush(), out("metrics.jsonl"), ": cannot write: ", std::strerror(errno));
     }
 
-    void log_epoch(const EvalResult& e, bool epoch_done) {
-        char line[256];
-        std::snprintf(line, sizeof line, "epoch %lld%s: test top-1 %.2f%%, test loss %.4f, %.0f img/s, %s elapsed",
+    void log_epoch(const EvalResult& e, const std::optional<EvalResult>& teacher, bool epoch_done) {
+        char line[256], teacher_text[64] = "";
+        if (teacher) std::snprintf(teacher_text, sizeof teacher_text, " (teacher %.2f%%)", 100.0 * teacher->top1);
+        std::snprintf(line, sizeof line, "epoch %lld%s: test top-1 %.2f%%%s, test loss %.4f, %.0f img/s, %s elapsed",
                       static_cast<long long>(epoch_done ? at_.epoch : at_.epoch + 1), epoch_done ? "" : " (partial)",
-                      100.0 * e.top1, e.loss, progress_->images_per_second(), format_duration(at_.wall_seconds).c_str());
+                      100.0 * e.top1, teacher_text, e.loss, progress_->images_per_second(),
+                      format_duration(at_.wall_seconds).c_str());
         log(line);
     }
 
