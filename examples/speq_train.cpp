@@ -8,8 +8,15 @@
 // Ctrl-C or SIGTERM: the current step finishes, last.safetensors is written, and the program
 // prints the command that continues the run and exits with 128 + the signal (130, 143).
 // A second Ctrl-C stops at once.
+//
+// Built with MPI (cmake -DSPEQ_MPI=ON), `mpirun -np N speq-train ...` trains one model data-
+// parallel over N processes (docs/distributed.md): each takes a slice of every batch, rank 0
+// writes the files. An error on any rank ends the whole job (MPI_Abort), never a hang.
 #include <speq/speq.hpp>
 #include <speq/train/trainer.hpp>
+#ifdef SPEQ_HAVE_MPI
+#include <speq/dist/mpi_communicator.hpp>
+#endif
 
 #include <cstdio>
 #include <string>
@@ -40,6 +47,15 @@ static const char* kUsage =
     "       speq-train --print-config-reference\n";
 
 int main(int argc, char** argv) {
+#ifdef SPEQ_HAVE_MPI
+    speq::dist::MpiSession mpi(argc, argv);
+    speq::dist::MpiCommunicator world;
+    speq::train::Communicator* ranks = world.size() > 1 ? &world : nullptr;
+#else
+    speq::train::Communicator* ranks = nullptr;
+#endif
+    const std::string who = ranks ? "speq-train: rank " + std::to_string(ranks->rank()) + ": " : "speq-train: ";
+    const bool rank0 = !ranks || ranks->rank() == 0;
     try {
         std::string config_path;
         std::vector<std::string> overrides;
@@ -65,17 +81,21 @@ int main(int argc, char** argv) {
         }
         SPEQ_CHECK(!config_path.empty(), "speq-train: --config is required\n", kUsage);
         speq::io::TrainConfig config = speq::io::load_config(config_path, overrides);
-        speq::train::Trainer trainer(config, resume);
+        speq::train::Trainer trainer(config, resume, ranks);
         speq::train::RunSummary s = trainer.run();
-        std::printf("done: test top-1 %.2f%% after %lld steps in %s; results in %s\n", 100.0 * s.test_top1,
+        if (rank0)
+            std::printf("done: test top-1 %.2f%% after %lld steps in %s; results in %s\n", 100.0 * s.test_top1,
                     static_cast<long long>(s.steps), speq::train::format_duration(s.wall_seconds).c_str(),
                     config.out_dir.c_str());
         return 0;
-    } catch (const speq::train::Interrupted& e) {
-        std::fprintf(stderr, "speq-train: %s\nspeq-train: to resume: %s\n", e.what(), resume_command(argc, argv).c_str());
+    } catch (const speq::train::Interrupted& e) {  // every rank stopped at the same step
+        if (rank0)
+            std::fprintf(stderr, "speq-train: %s\nspeq-train: to resume: %s\n", e.what(), resume_command(argc, argv).c_str());
         return e.exit_code();
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "speq-train: error: %s\n", e.what());
+        std::fprintf(stderr, "%serror: %s\n", who.c_str(), e.what());
+        std::fflush(stderr);
+        if (ranks) ranks->abort(1);  // the other ranks may be waiting for this one
         return 1;
     }
 }

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what speq needs on Debian 12 (as root, or with sudo available), skipping what is there.
-# Usage: scripts/setup-debian.sh [--with-fashion-mnist]
+# Usage: scripts/setup-debian.sh [--with-fashion-mnist] [--with-mpi]
 set -euo pipefail
 
 packages=(g++ cmake make libeigen3-dev libxsimd-dev libomp-dev doctest-dev nlohmann-json3-dev zlib1g-dev)
 for arg in "$@"; do
   case "$arg" in
     --with-fashion-mnist) packages+=(dataset-fashion-mnist) ;;
+    --with-mpi) packages+=(libopenmpi-dev openmpi-bin) ;;  # data-parallel training (cmake -DSPEQ_MPI=ON)
     *) echo "setup-debian.sh: unknown option '$arg'" >&2; exit 2 ;;
   esac
 done

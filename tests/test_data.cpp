@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -522,6 +523,43 @@ TEST_CASE("loader: every image exactly once per epoch, labels and pixels travel 
             for (int i = 0; i < 37; ++i) CHECK(seen[i] == i);
         }
     }
+}
+
+TEST_CASE("loader: shards of a batch are its consecutive slices, pixels and augmentation alike") {
+    Dataset d = numbered_dataset(37);
+    LoaderOptions o;
+    o.batch_size = 8;
+    o.seed = 5;
+    o.crop_pad = 1;  // augmented: each shard must draw exactly the crops the whole batch draws
+    o.hflip = true;
+    BatchLoader whole(d, o);
+    for (int count : {2, 3}) {
+        std::vector<std::unique_ptr<BatchLoader>> shards;
+        for (int s = 0; s < count; ++s) {
+            LoaderOptions so = o;
+            so.shard_index = s, so.shard_count = count;
+            shards.push_back(std::make_unique<BatchLoader>(d, so));
+            CHECK(shards.back()->batches_per_epoch() == whole.batches_per_epoch());
+        }
+        for (int64_t b = 0; b < whole.batches_per_epoch(); ++b) {  // the last batch has 5 images
+            const Batch full = whole.make_batch(1, b);
+            std::vector<float> joined;
+            std::vector<int64_t> indices;
+            for (auto& shard : shards) {
+                const Batch part = shard->make_batch(1, b);
+                joined.insert(joined.end(), part.images.data(), part.images.data() + part.images.numel());
+                indices.insert(indices.end(), part.indices.begin(), part.indices.end());
+            }
+            INFO("shards ", count, ", batch ", b);
+            CHECK(indices == full.indices);
+            CHECK(joined == std::vector<float>(full.images.data(), full.images.data() + full.images.numel()));
+        }
+    }
+    o.shard_count = 2, o.shard_index = 2;
+    CHECK_THROWS_WITH_AS(BatchLoader(d, o), doctest::Contains("shard 2 of 2 does not exist"), Error);
+    o.shard_index = 0;
+    o.transform = [](Batch&, Rng&) {};
+    CHECK_THROWS_WITH_AS(BatchLoader(d, o), doctest::Contains("cannot be combined with shards"), Error);
 }
 
 TEST_CASE("loader: order depends on (seed, epoch) only") {

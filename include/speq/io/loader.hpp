@@ -52,6 +52,10 @@ struct LoaderOptions {
     Normalization normalization;  // empty: pixels scaled to [0, 1]
     bool background = true;  // prepare batches on a worker thread (false: inside next())
     int prefetch = 2;        // batches the worker may prepare ahead (1 or more)
+    // Data-parallel training: this process builds only its part of every batch, images
+    // [size * index / count, size * (index + 1) / count) of the batch a single process would
+    // build (size = that batch's image count), augmented exactly as there. 0 of 1: all of it.
+    int shard_index = 0, shard_count = 1;
     // Optional extra step run on each finished batch (in the worker thread when background is
     // on), with a generator seeded by (seed, epoch, batch). Exceptions reach next().
     std::function<void(Batch&, Rng&)> transform;
@@ -88,6 +92,12 @@ public:
                    "BatchLoader: crop_pad must be in [0, 1024], got ", options_.crop_pad);
         SPEQ_CHECK(options_.prefetch >= 1, "BatchLoader: prefetch must be >= 1, got ",
                    options_.prefetch);
+        SPEQ_CHECK(options_.shard_count >= 1 && options_.shard_index >= 0 &&
+                       options_.shard_index < options_.shard_count,
+                   "BatchLoader: shard ", options_.shard_index, " of ", options_.shard_count,
+                   " does not exist (0 <= shard_index < shard_count)");
+        SPEQ_CHECK(options_.shard_count == 1 || !options_.transform,
+                   "BatchLoader: a transform sees the whole batch, so it cannot be combined with shards");
         table_ = normalization_table(options_.normalization, data_.channels);
     }
 
@@ -175,8 +185,10 @@ private:
     // 0.5 ms for 128 CIFAR images (a table lookup per pixel), far less than a training step, and
     // OpenMP threads here would compete with the trainer's (the worker runs beside them).
     Batch build(const std::vector<int64_t>& order, int64_t epoch, int64_t index) const {
-        const int64_t first = index * options_.batch_size;
-        const int64_t count = std::min(options_.batch_size, data_.size() - first);
+        const int64_t whole = std::min(options_.batch_size, data_.size() - index * options_.batch_size);
+        const int64_t shard_begin = whole * options_.shard_index / options_.shard_count;
+        const int64_t first = index * options_.batch_size + shard_begin;
+        const int64_t count = whole * (options_.shard_index + 1) / options_.shard_count - shard_begin;
         const int64_t image_floats = data_.image_bytes();
         Batch batch;
         batch.epoch = epoch;

@@ -34,6 +34,7 @@ struct TrainingPosition {
     int64_t correct = 0, seen = 0;
     Rng::State rng{0, 1};
     double wall_seconds = 0.0;  // training time spent so far, over all resumptions
+    int ranks = 1;              // processes of the run (data-parallel; each takes a slice of every batch)
 };
 
 namespace detail {
@@ -124,6 +125,7 @@ inline void save_checkpoint(const std::string& path, nn::Module& model, const op
         {"rng_state", detail::u64_text(at.rng.state)},
         {"rng_inc", detail::u64_text(at.rng.inc)},
         {"wall_seconds", detail::double_text(at.wall_seconds)},
+        {"ranks", std::to_string(at.ranks)},
     };
     io::save_safetensors(path, tensors, meta);
 }
@@ -141,7 +143,7 @@ inline void save_model_only(const io::TensorFile& checkpoint, const std::string&
         if (name.compare(0, std::strlen(kMomentumPrefix), kMomentumPrefix) != 0) model.push_back({name, &t});
     SPEQ_CHECK(!model.empty(), checkpoint_path, ": holds no model tensors");
     std::map<std::string, std::string> meta;
-    for (const char* key : {"config", "epoch", "batch", "step", "wall_seconds"})
+    for (const char* key : {"config", "epoch", "batch", "step", "wall_seconds", "ranks"})
         if (auto it = checkpoint.metadata.find(key); it != checkpoint.metadata.end()) meta[key] = it->second;
     meta["content"] = "model";  // no optimizer state: evaluate or start a new run from it, not --resume
     io::save_safetensors(out_path, model, meta);
@@ -202,6 +204,8 @@ inline TrainingPosition load_checkpoint(const io::TensorFile& file, const std::s
     at.seen = static_cast<int64_t>(detail::parse_u64(m, "seen", path));
     at.rng = {detail::parse_u64(m, "rng_state", path), detail::parse_u64(m, "rng_inc", path)};
     at.wall_seconds = detail::parse_double(m, "wall_seconds", path);
+    // Added with data-parallel training: a checkpoint without it was written by one process.
+    if (m.count("ranks")) at.ranks = static_cast<int>(detail::parse_u64(m, "ranks", path));
     return at;
 }
 

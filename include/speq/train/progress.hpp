@@ -27,10 +27,11 @@ class Progress {
 public:
     using Clock = std::chrono::steady_clock;
 
-    // total_steps: steps of the whole run (for "time left"); log_every: plain-log period.
+    // total_steps: steps of the whole run (for "time left"); log_every: plain-log period;
+    // out = nullptr: count, print nothing (the ranks of a data-parallel run other than rank 0).
     Progress(int64_t total_steps, int64_t log_every, std::FILE* out = stderr)
         : total_steps_(total_steps), log_every_(log_every > 0 ? log_every : 1), out_(out),
-          interactive_(isatty(fileno(out)) != 0), start_(Clock::now()) {}
+          interactive_(out != nullptr && isatty(fileno(out)) != 0), start_(Clock::now()) {}
 
     // Seconds since the run (or its resumption) started.
     double elapsed() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
@@ -49,6 +50,7 @@ public:
                       static_cast<long long>(epoch + 1), static_cast<long long>(epochs),
                       static_cast<long long>(batch + 1), static_cast<long long>(batches), rate, loss,
                       100.0 * train_accuracy, format_duration(left).c_str());
+        if (!out_) return;
         if (interactive_) {
             std::fprintf(out_, "\r%-100s", line);
             std::fflush(out_);
@@ -61,6 +63,7 @@ public:
 
     // A whole line (an epoch summary): ends the in-place line first.
     void message(const std::string& text) {
+        if (!out_) return;
         if (open_line_) std::fputc('\n', out_);
         open_line_ = false;
         std::fprintf(out_, "%s\n", text.c_str());

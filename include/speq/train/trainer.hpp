@@ -35,6 +35,7 @@
 #include "speq/optim/schedule.hpp"
 #include "speq/optim/sgd.hpp"
 #include "speq/train/checkpoint.hpp"
+#include "speq/train/communicator.hpp"
 #include "speq/train/data.hpp"
 #include "speq/train/evaluate.hpp"
 #include "speq/train/interrupt.hpp"
@@ -136,7 +137,10 @@ inline std::pair<std::string, std::string> first_non_finite_state(nn::Module& mo
 
 class Trainer {
 public:
-    Trainer(io::TrainConfig config, bool resume) : config_(std::move(config)), resume_(resume) {}
+    // `ranks`: the processes of a data-parallel run (dist::MpiCommunicator under mpirun), which
+    // must outlive the trainer; nullptr: this process alone.
+    Trainer(io::TrainConfig config, bool resume, Communicator* ranks = nullptr)
+        : config_(std::move(config)), resume_(resume), comm_(ranks ? ranks : &single_process_) {}
 
     RunSummary run() {
         setup();
@@ -150,12 +154,131 @@ public:
 private:
     std::string out(const std::string& file) const { return (std::filesystem::path(config_.out_dir) / file).string(); }
 
-    void log(const std::string& text) { progress_ ? progress_->message(text) : (void)std::fprintf(stderr, "%s\n", text.c_str()); }
+    void log(const std::string& text) {
+        if (!writer()) return;
+        progress_ ? progress_->message(text) : (void)std::fprintf(stderr, "%s\n", text.c_str());
+    }
+
+    // ---- several ranks ----
+
+    // Every rank must run the same experiment on the same data: rank 0's config (as JSON) and a
+    // fingerprint of its data go to all, and a rank that differs stops the job naming itself.
+    void agree_on_setup() {
+        SPEQ_CHECK(config_.batch_size % comm_->size() == 0, "batch_size ", config_.batch_size,
+                   " does not split evenly over ", comm_->size(), " processes: each rank takes batch_size / ",
+                   "processes images of every batch");
+        const std::string mine = io::to_json(config_).dump() + "\ndata " + data_fingerprint();
+        std::string rank0 = mine;
+        comm_->broadcast(rank0, 0);
+        std::vector<double> differs(static_cast<size_t>(comm_->size()), 0.0);
+        differs[static_cast<size_t>(comm_->rank())] = rank0 != mine;
+        comm_->sum(differs.data(), static_cast<int64_t>(differs.size()));
+        std::string ranks;
+        for (size_t r = 0; r < differs.size(); ++r)
+            if (differs[r] > 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+        if (ranks.empty()) return;
+        std::string what = "its config or data differ from rank 0's";
+        if (rank0 != mine) {  // say which keys, from this rank's point of view
+            const nlohmann::json a = nlohmann::json::parse(rank0.substr(0, rank0.find('\n'))).flatten();
+            const nlohmann::json b = io::to_json(config_).flatten();
+            std::string keys;
+            for (auto& [key, value] : b.items())
+                if (!a.contains(key) || a[key] != value) keys += (keys.empty() ? "" : ", ") + key.substr(1);
+            what = keys.empty() ? "the data differ from rank 0's (data_dir " + config_.data_dir + ")"
+                                : "keys " + keys + " differ from rank 0's";
+        }
+        fail("the processes disagree: rank(s) ", ranks, " did not read the same experiment as rank 0 (this is rank ",
+             comm_->rank(), ": ", rank0 != mine ? what : "agrees with rank 0", ")");
+    }
+
+    // FNV-1a over the training and test images and labels: equal data, equal fingerprint.
+    std::string data_fingerprint() const {
+        uint64_t h = 0xcbf29ce484222325ULL;
+        auto mix = [&h](const void* p, size_t n) {
+            const auto* b = static_cast<const unsigned char*>(p);
+            for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ULL;
+        };
+        for (const io::Dataset* d : {&data_.train, &data_.test}) {
+            mix(d->pixels.data(), d->pixels.size());
+            mix(d->labels.data(), d->labels.size() * sizeof(int));
+        }
+        return std::to_string(h);
+    }
+
+    // Images [size * index / count, size * (index + 1) / count) of `data`: one rank's part of the test set.
+    static io::Dataset shard_of(const io::Dataset& data, int index, int count) {
+        io::Dataset part = data;
+        const int64_t begin = data.size() * index / count, end = data.size() * (index + 1) / count;
+        part.labels.assign(data.labels.begin() + begin, data.labels.begin() + end);
+        part.pixels.assign(data.pixels.begin() + begin * data.image_bytes(), data.pixels.begin() + end * data.image_bytes());
+        return part;
+    }
+
+    // An evaluation of each rank's part of the test set, made the whole set's on every rank.
+    EvalResult add_up(EvalResult part) {
+        if (!distributed()) return part;
+        double totals[3] = {std::round(part.top1 * static_cast<double>(part.images)),
+                            part.loss * static_cast<double>(part.images), static_cast<double>(part.images)};
+        comm_->sum(totals, 3);
+        EvalResult all;
+        all.images = static_cast<int64_t>(totals[2]);
+        if (all.images > 0) all.top1 = totals[0] / totals[2], all.loss = totals[1] / totals[2];
+        return all;
+    }
+
+    // The gradients of every rank's slice, averaged: the gradient of the whole batch's mean loss
+    // (each rank's loss is the mean over its batch_size / ranks images). One buffer, one sum;
+    // `extra` rides along (per-step diagnostics to add up).
+    void average_gradients(std::vector<float>& extra) {
+        std::vector<Var> with_grad;
+        int64_t total = 0;
+        for (auto& [name, p] : model_->named_parameters())
+            if (p.has_grad()) with_grad.push_back(p), total += p.grad().numel();
+        std::vector<float> flat;
+        flat.reserve(static_cast<size_t>(total) + extra.size());
+        for (const Var& p : with_grad) flat.insert(flat.end(), p.grad().data(), p.grad().data() + p.grad().numel());
+        flat.insert(flat.end(), extra.begin(), extra.end());
+        comm_->sum(flat.data(), static_cast<int64_t>(flat.size()));
+        const float inverse = 1.0f / static_cast<float>(comm_->size());
+        const float* from = flat.data();
+        for (const Var& p : with_grad) {
+            Tensor& g = p.grad_for_accumulate();  // exists: the write goes to the same tensor
+            for (int64_t i = 0; i < g.numel(); ++i) g[i] = from[i] * inverse;
+            from += g.numel();
+        }
+        std::copy(from, from + extra.size(), extra.begin());
+    }
+
+    // Batch norm's running statistics of rank 0 to all ranks (each rank's come from its own
+    // slice; PyTorch's DistributedDataParallel does the same), so every rank holds the same model.
+    void share_running_statistics() {
+        std::vector<float> flat;
+        for (auto& [name, t] : model_->named_buffers()) flat.insert(flat.end(), t->data(), t->data() + t->numel());
+        comm_->broadcast(flat.data(), static_cast<int64_t>(flat.size()), 0);
+        const float* from = flat.data();
+        for (auto& [name, t] : model_->named_buffers()) {
+            std::copy(from, from + t->numel(), t->data());
+            from += t->numel();
+        }
+    }
+
+    // A signal seen by any rank, as all ranks agree at this point (one rank may get it later).
+    bool agreed_stop() {
+        double requested = interrupt_ && interrupt_->requested();
+        comm_->sum(&requested, 1);
+        return requested > 0;
+    }
+
+    // Rank 0 writes every file and prints; the other ranks compute alongside it.
+    bool writer() const { return comm_->rank() == 0; }
+    bool distributed() const { return comm_->size() > 1; }
 
     void setup() {
         if (config_.threads > 0) set_num_threads(config_.threads);
-        io::check_writable_dir(config_.out_dir);  // fail now, not after an hour of training
+        if (writer()) io::check_writable_dir(config_.out_dir);  // fail now, not after an hour of training
         data_ = load_data(config_);
+        if (distributed()) agree_on_setup();
+        test_ = distributed() ? &(test_shard_ = shard_of(data_.test, comm_->rank(), comm_->size())) : &data_.test;
         model_ = build_model(config_.model, config_, data_.train, static_cast<uint64_t>(config_.seed));
 
         io::LoaderOptions lo;
@@ -165,6 +288,7 @@ private:
         lo.hflip = data_.hflip;
         lo.normalization = data_.normalization;
         lo.drop_last = true;  // batch norm on a 1-image batch is meaningless; a full batch each step
+        lo.shard_index = comm_->rank(), lo.shard_count = comm_->size();  // this rank's slice of each batch
         loader_ = std::make_unique<io::BatchLoader>(data_.train, lo);
         steps_per_epoch_ = loader_->batches_per_epoch();
         SPEQ_CHECK(steps_per_epoch_ > 0, "train: batch_size ", config_.batch_size, " is larger than the ",
@@ -179,9 +303,13 @@ private:
             nn::configure_quantization(*model_, quant_config(config_));
             make_optimizer();
             at_ = load_checkpoint(file, last, *model_, *sgd_);
+            SPEQ_CHECK(at_.ranks == comm_->size(), "--resume: ", last, " was written by a run on ", at_.ranks,
+                       " process(es), this one runs on ", comm_->size(), ": batch norm normalizes each rank's ",
+                       "slice of a batch (batch_size / processes images), so that would be another run; resume "
+                       "it on ", at_.ranks);
             log("resumed from " + last + " at epoch " + std::to_string(at_.epoch + 1) + ", batch " +
                 std::to_string(at_.batch) + " (step " + std::to_string(at_.step) + ")");
-            trim_metrics(at_.epoch);
+            if (writer()) trim_metrics(at_.epoch);
         } else {
             bool calibrate = false;
             if (!config_.init_checkpoint.empty()) {
@@ -201,18 +329,22 @@ private:
             if (calibrate && !quant::is_full_precision(config_.act_bits)) calibrate_alphas();
             make_optimizer();
             at_.rng = Rng(static_cast<uint64_t>(config_.seed), /*stream=*/0x5be9).save();
-            std::ofstream(out("metrics.jsonl"), std::ios::trunc);
+            at_.ranks = comm_->size();
+            if (writer()) std::ofstream(out("metrics.jsonl"), std::ios::trunc);
         }
-        io::write_file_atomically(out("config.json"), io::to_json(config_).dump(2) + "\n");
+        if (writer()) io::write_file_atomically(out("config.json"), io::to_json(config_).dump(2) + "\n");
         if (config_.method == io::Method::kd) load_teacher();
         for (const std::string& line : io::config_warnings(config_)) log("warning: " + line);
     }
 
     void make_optimizer() { sgd_ = make_sgd(config_, *model_); }
 
-    // Alphas minimizing each layer's quantization error on the first training batch.
+    // Alphas minimizing each layer's quantization error on the first training batch (the whole
+    // batch on every rank, so that all ranks start from the same alphas).
     void calibrate_alphas() {
-        io::Batch first = loader_->make_batch(0, 0);
+        io::LoaderOptions whole = loader_->options();
+        whole.shard_index = 0, whole.shard_count = 1, whole.background = false;
+        io::Batch first = io::BatchLoader(data_.train, whole).make_batch(0, 0);
         nn::calibrate_act_alphas(*model_, first.images);
         std::string text = "calibrated alphas:";
         for (auto& [name, a] : nn::named_act_quants(*model_)) {
@@ -257,14 +389,16 @@ private:
         io::write_file_atomically(out("metrics.jsonl"), kept);
     }
 
-    // One optimizer step on one batch; returns the logits (for accuracy) and records losses.
-    Tensor step(io::Batch& batch, Rng& rng) {
+    // One optimizer step on one batch (this rank's slice of it); records losses and accuracy
+    // of the whole batch.
+    void step(io::Batch& batch, Rng& rng) {
         sgd_->set_lr(static_cast<float>(schedule_->lr_at(at_.step)));
         sgd_->zero_grad();
         Var x(std::move(batch.images));
         Var logits = (*model_)(x);
         Var loss;
         float ce = 0.0f, kd = 0.0f;
+        double high_fraction = 0.0;
         switch (config_.method) {
             case io::Method::fp:
             case io::Method::qat:
@@ -274,8 +408,7 @@ private:
             case io::Method::speq: {
                 const double kd_weight = distillation_weight_at(config_.speq, at_.step, steps_per_epoch_);
                 SpeqLoss s = speq_loss(*model_, x, logits, batch.labels, config_.act_bits, config_.speq, rng, kd_weight);
-                loss = s.total, ce = s.ce, kd = s.kd;
-                at_.high_sum += s.high_fraction * batch.size();
+                loss = s.total, ce = s.ce, kd = s.kd, high_fraction = s.high_fraction;
                 break;
             }
             case io::Method::kd: {
@@ -296,22 +429,43 @@ private:
             }
         }
         const float value = loss.value()[0];
+        const int64_t n = batch.size();
+        // What the ranks must agree on before any of them acts: the batch's sums, whether a signal
+        // came, and which ranks' losses are not finite (one slot per rank). One process: as is.
+        std::vector<double> shared = {value * static_cast<float>(n), ce * static_cast<float>(n),
+                                      kd * static_cast<float>(n), high_fraction * static_cast<double>(n),
+                                      static_cast<double>(count_correct(logits.value(), batch.labels)),
+                                      static_cast<double>(n), interrupt_ && interrupt_->requested() ? 1.0 : 0.0};
+        shared.resize(shared.size() + static_cast<size_t>(comm_->size()), 0.0);
+        shared[7 + static_cast<size_t>(comm_->rank())] = std::isfinite(value) ? 0.0 : 1.0;
+        comm_->sum(shared.data(), static_cast<int64_t>(shared.size()));
         if (!std::isfinite(value)) non_finite_loss(value, logits.value());
+        for (int r = 0; r < comm_->size(); ++r)
+            if (shared[7 + static_cast<size_t>(r)] > 0)
+                fail("train: the loss of rank ", r, " is not finite at ", where_now(), "; every rank stopped",
+                     nothing_written());
+        stop_agreed_ = shared[6] > 0;
+
         backward(loss);
-        check_gradients(value);
+        std::vector<float> diagnostics = {0.0f, 0.0f};  // the logits' gradient norms, times n
         if (config_.method == io::Method::speq || config_.method == io::Method::kd) {
             const float ce_weight = static_cast<float>(config_.method == io::Method::speq ? config_.speq.ce_weight
                                                                                             : config_.kd.ce_weight);
             const LogitGradientNorms g = logit_gradient_norms(logits, batch.labels, ce_weight);
-            at_.ce_grad_sum += g.ce * batch.size();
-            at_.kd_grad_sum += g.kd * batch.size();
+            diagnostics = {static_cast<float>(g.ce * static_cast<double>(n)), static_cast<float>(g.kd * static_cast<double>(n))};
+            if (!distributed()) at_.ce_grad_sum += g.ce * n, at_.kd_grad_sum += g.kd * n;  // as before, in double
         }
+        if (distributed()) {
+            average_gradients(diagnostics);
+            at_.ce_grad_sum += diagnostics[0], at_.kd_grad_sum += diagnostics[1];
+        }
+        check_gradients(value);
         sgd_->step();
+        if (distributed()) share_running_statistics();
         check_state();
-        at_.loss_sum += value * batch.size();
-        at_.ce_sum += ce * batch.size();
-        at_.kd_sum += kd * batch.size();
-        return logits.value();
+        at_.loss_sum += shared[0], at_.ce_sum += shared[1], at_.kd_sum += shared[2], at_.high_sum += shared[3];
+        at_.correct += static_cast<int64_t>(shared[4]);
+        at_.seen += static_cast<int64_t>(shared[5]);
     }
 
     // ---- non-finite values: stop before anything bad is saved ----
@@ -319,7 +473,7 @@ private:
     // "step 12 (epoch 2, batch 4)": the step being taken now.
     std::string where_now() const {
         return "step " + std::to_string(at_.step + 1) + " (epoch " + std::to_string(at_.epoch + 1) + ", batch " +
-               std::to_string(at_.batch + 1) + ")";
+               std::to_string(at_.batch + 1) + ")" + (distributed() ? " on rank " + std::to_string(comm_->rank()) : "");
     }
 
     // What the user still has, for the end of every non-finite message.
@@ -364,7 +518,7 @@ private:
     // Writes last.safetensors at the current (mid-epoch) position and throws Interrupted.
     [[noreturn]] void stop_interrupted(int sig, bool save) {
         const std::string last = out("last.safetensors");
-        if (save) {
+        if (save && writer()) {
             log(signal_name(sig) + ": stopping after step " + std::to_string(at_.step) + ", writing " + last);
             save_checkpoint(last, *model_, *sgd_, config_, at_);
         }
@@ -379,9 +533,18 @@ private:
 
     RunSummary train_loop() {
         InterruptGuard interrupt;  // from the first step on, Ctrl-C means "checkpoint, then stop"
+        interrupt_ = &interrupt;
+        struct Forget {  // the guard dies with this function
+            const InterruptGuard*& p;
+            ~Forget() { p = nullptr; }
+        } forget{interrupt_};
+        // A signal stops one process before its next step. Ranks stop together: after the step
+        // in which their sum saw it (stop_agreed_), and between epochs when they agree so.
+        auto stop_requested = [&] { return distributed() ? stop_agreed_ : interrupt.requested(); };
+        auto stop_signal = [&] { return interrupt.signal() != 0 ? interrupt.signal() : SIGTERM; };
         const int64_t total_steps = steps_per_epoch_ * config_.epochs;
         const int64_t stop_at = config_.max_steps > 0 ? std::min<int64_t>(config_.max_steps, total_steps) : total_steps;
-        progress_ = std::make_unique<Progress>(stop_at, config_.log_every);
+        progress_ = std::make_unique<Progress>(stop_at, config_.log_every, writer() ? stderr : nullptr);
         const double wall_before = at_.wall_seconds;
         Rng rng;
         rng.restore(at_.rng);
@@ -393,22 +556,18 @@ private:
             model_->train();
             loader_->start_epoch(at_.epoch, at_.batch);
             io::Batch batch;
-            while (at_.step < stop_at && !interrupt.requested() && loader_->next(batch)) {
-                const int64_t n = batch.size();
-                std::vector<int> labels = batch.labels;
-                Tensor logits = step(batch, rng);
-                at_.correct += count_correct(logits, labels);
-                at_.seen += n;
+            while (at_.step < stop_at && !stop_requested() && loader_->next(batch)) {
+                step(batch, rng);
                 ++at_.step, ++at_.batch;
                 at_.rng = rng.save();
                 progress_->update(at_.epoch, config_.epochs, at_.batch - 1, steps_per_epoch_, at_.step - steps_at_start,
-                                  at_.step, n, static_cast<float>(at_.loss_sum / at_.seen),
+                                  at_.step, config_.batch_size, static_cast<float>(at_.loss_sum / at_.seen),
                                   static_cast<float>(at_.correct) / at_.seen);
             }
             const bool epoch_done = at_.batch >= steps_per_epoch_;
             at_.wall_seconds = wall_before + progress_->elapsed();
-            if (interrupt.requested() && !epoch_done && at_.step < stop_at) stop_interrupted(interrupt.signal(), true);
-            last_eval = evaluate(*model_, data_.test, data_.normalization);
+            if (stop_requested() && !epoch_done && at_.step < stop_at) stop_interrupted(stop_signal(), true);
+            last_eval = add_up(evaluate(*model_, *test_, data_.normalization));
             evaluated_last = true;
             const std::optional<EvalResult> teacher = evaluate_teacher_now();
             write_metrics(last_eval, teacher, epoch_done);
@@ -416,15 +575,16 @@ private:
                 at_.epoch += 1, at_.batch = 0;
                 at_.loss_sum = at_.ce_sum = at_.kd_sum = at_.high_sum = at_.ce_grad_sum = at_.kd_grad_sum = 0.0;
                 at_.correct = at_.seen = 0;
-                save_checkpoint(out("epoch_" + std::to_string(at_.epoch) + ".safetensors"), *model_, *sgd_, config_, at_);
+                if (writer())
+                    save_checkpoint(out("epoch_" + std::to_string(at_.epoch) + ".safetensors"), *model_, *sgd_, config_, at_);
             }
-            save_checkpoint(out("last.safetensors"), *model_, *sgd_, config_, at_);
+            if (writer()) save_checkpoint(out("last.safetensors"), *model_, *sgd_, config_, at_);
             log_epoch(last_eval, teacher, epoch_done);
             // A signal during the evaluation or the writes: the checkpoint above is current.
-            if (interrupt.requested() && at_.epoch < config_.epochs && at_.step < stop_at)
-                stop_interrupted(interrupt.signal(), false);
+            const bool stop_now = distributed() ? agreed_stop() : interrupt.requested();
+            if (stop_now && at_.epoch < config_.epochs && at_.step < stop_at) stop_interrupted(stop_signal(), false);
         }
-        if (!evaluated_last) last_eval = evaluate(*model_, data_.test, data_.normalization);
+        if (!evaluated_last) last_eval = add_up(evaluate(*model_, *test_, data_.normalization));
 
         RunSummary s;
         s.test_top1 = last_eval.top1, s.test_loss = last_eval.loss;
@@ -433,7 +593,7 @@ private:
         nlohmann::json j = {{"test_top1", s.test_top1}, {"test_loss", s.test_loss}, {"wall_seconds", s.wall_seconds},
                             {"steps", s.steps}, {"epochs_done", s.epochs_done}, {"method", io::name_of(config_.method)},
                             {"weight_bits", config_.weight_bits}, {"act_bits", config_.act_bits}};
-        io::write_file_atomically(out("summary.json"), j.dump(2) + "\n");
+        if (writer()) io::write_file_atomically(out("summary.json"), j.dump(2) + "\n");
         return s;
     }
 
@@ -443,11 +603,12 @@ private:
     std::optional<EvalResult> evaluate_teacher_now() {
         if (config_.method != io::Method::speq || !config_.speq.eval_teacher) return std::nullopt;
         Rng draws(static_cast<uint64_t>(config_.seed), kTeacherEvalStream + static_cast<uint64_t>(at_.epoch));
-        return evaluate_teacher(*model_, data_.test, data_.normalization, config_.batch_size, config_.act_bits,
-                                config_.speq, draws);
+        return add_up(evaluate_teacher(*model_, *test_, data_.normalization, config_.batch_size, config_.act_bits,
+                                       config_.speq, draws));
     }
 
     void write_metrics(const EvalResult& eval, const std::optional<EvalResult>& teacher, bool epoch_done) {
+        if (!writer()) return;
         const double n = std::max<int64_t>(at_.seen, 1);
         nlohmann::json j = {
             {"epoch", at_.epoch + 1}, {"complete", epoch_done}, {"step", at_.step},
@@ -482,6 +643,12 @@ private:
 
     io::TrainConfig config_;
     bool resume_;
+    SingleProcess single_process_;
+    Communicator* comm_;
+    const io::Dataset* test_ = nullptr;  // the test set, or this rank's part of it
+    io::Dataset test_shard_;
+    const InterruptGuard* interrupt_ = nullptr;  // while train_loop runs
+    bool stop_agreed_ = false;                   // the ranks saw a signal at the last step
     DataSets data_;
     std::shared_ptr<nn::UnaryModule> model_, teacher_;
     std::unique_ptr<io::BatchLoader> loader_;
