@@ -3,11 +3,17 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "gradcheck.hpp"
 #include "speq/kernels/reduce.hpp"
 #include "speq/ops/batch_norm.hpp"
+#include "speq/ops/batch_norm_act.hpp"
 
 using namespace speq;
 
@@ -218,6 +224,109 @@ TEST_CASE("batch_norm2d: identical bits with 1 and 2 threads, forward and backwa
     set_num_threads(saved_threads);
     const char* names[6] = {"y", "dx", "dgamma", "dbeta", "running_mean", "running_var"};
     for (int k = 0; k < 6; ++k) CHECK_MESSAGE(same_bits(results[0][k], results[1][k]), names[k]);
+}
+
+namespace {
+
+// R threads standing in for R data-parallel ranks: sum(rank, data, n) returns, on every thread,
+// the sum over the threads of their data (in rank order), as train::Communicator::sum does.
+class ThreadRanks {
+public:
+    explicit ThreadRanks(int ranks) : parts_(static_cast<size_t>(ranks)) {}
+    void sum(int rank, double* data, int64_t n) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        parts_[static_cast<size_t>(rank)].assign(data, data + n);
+        const int64_t generation = generation_;
+        if (++arrived_ == static_cast<int>(parts_.size())) {
+            result_ = parts_[0];
+            for (size_t r = 1; r < parts_.size(); ++r)
+                for (size_t i = 0; i < result_.size(); ++i) result_[i] += parts_[r][i];
+            arrived_ = 0, ++generation_;
+            done_.notify_all();
+        } else {
+            done_.wait(lock, [&] { return generation_ != generation; });
+        }
+        std::copy(result_.begin(), result_.end(), data);  // stays until every rank has come back
+    }
+    std::function<void(double*, int64_t)> of(int rank) {
+        return [this, rank](double* data, int64_t n) { sum(rank, data, n); };
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable done_;
+    std::vector<std::vector<double>> parts_;
+    std::vector<double> result_;
+    int arrived_ = 0;
+    int64_t generation_ = 0;
+};
+
+// Images [begin, end) of an [N, ...] tensor.
+Tensor images(const Tensor& t, int64_t begin, int64_t end) {
+    Shape shape = t.shape();
+    const int64_t per_image = t.numel() / shape[0];
+    shape[0] = end - begin;
+    Tensor out = Tensor::uninitialized(shape);
+    std::memcpy(out.data(), t.data() + begin * per_image, sizeof(float) * static_cast<size_t>(out.numel()));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("synchronized batch norm: R ranks with slices of a batch compute what one process computes on it") {
+    Rng rng(31);
+    const Shape shape{6, 3, 5, 7};  // 6 images: slices of 3 (2 ranks) or 2 (3 ranks)
+    const int64_t C = shape[1];
+    Tensor x = randn(shape, rng, 2.0f), residual = randn(shape, rng), dy = randn(shape, rng);
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] += 3.0f;
+    const Tensor gamma = randn({C}, rng), beta = randn({C}, rng);
+
+    // op: batch_norm2d, or the fused batch norm + residual + ReLU (both backward paths differ).
+    for (bool fused : {false, true}) {
+        auto run = [&](const Tensor& xs, const Tensor& rs, const Tensor& dys, Tensor& rmean, Tensor& rvar,
+                       const BatchNormOptions& opt) {
+            Var xv = Var::parameter(xs), gv = Var::parameter(gamma), bv = Var::parameter(beta);
+            Var rv = Var::parameter(rs);
+            Var y = fused ? batch_norm_act(xv, gv, bv, rmean, rvar, opt, Var(), 32, &rv)
+                          : batch_norm2d(xv, gv, bv, rmean, rvar, opt);
+            backward(y, dys);
+            return std::vector<Tensor>{y.value(), xv.grad(), gv.grad(), bv.grad()};
+        };
+        Tensor whole_mean = Tensor::zeros({C}), whole_var = Tensor::full({C}, 1.0f);
+        const std::vector<Tensor> whole = run(x, residual, dy, whole_mean, whole_var, BatchNormOptions{});
+
+        for (int ranks : {2, 3}) {
+            INFO((fused ? "batch_norm_act, " : "batch_norm2d, "), ranks, " ranks");
+            ThreadRanks sums(ranks);
+            const int64_t per_rank = shape[0] / ranks;
+            std::vector<std::vector<Tensor>> got(static_cast<size_t>(ranks));
+            std::vector<Tensor> means(static_cast<size_t>(ranks), Tensor::zeros({C}));
+            std::vector<Tensor> vars(static_cast<size_t>(ranks), Tensor::full({C}, 1.0f));
+            std::vector<std::thread> threads;
+            for (int r = 0; r < ranks; ++r)
+                threads.emplace_back([&, r] {
+                    BatchNormOptions opt;
+                    opt.sum_over_ranks = sums.of(r);
+                    const int64_t b = r * per_rank, e = b + per_rank;
+                    got[static_cast<size_t>(r)] = run(images(x, b, e), images(residual, b, e), images(dy, b, e),
+                                                      means[static_cast<size_t>(r)], vars[static_cast<size_t>(r)], opt);
+                });
+            for (std::thread& t : threads) t.join();
+            Tensor dgamma = Tensor::zeros({C}), dbeta = Tensor::zeros({C});
+            for (int r = 0; r < ranks; ++r) {
+                const std::vector<Tensor>& part = got[static_cast<size_t>(r)];
+                const int64_t b = r * per_rank, e = b + per_rank;
+                check_close(part[0], images(whole[0], b, e), 1e-5, "y");
+                check_close(part[1], images(whole[1], b, e), 1e-4, "dx");
+                check_close(means[static_cast<size_t>(r)], whole_mean, 1e-6, "running_mean");
+                check_close(vars[static_cast<size_t>(r)], whole_var, 1e-6, "running_var");
+                for (int64_t c = 0; c < C; ++c) dgamma[c] += part[2][c], dbeta[c] += part[3][c];
+            }
+            // Each rank's dgamma and dbeta are its share: their sum is the whole batch's.
+            check_close(dgamma, whole[2], 1e-4, "dgamma");
+            check_close(dbeta, whole[3], 1e-4, "dbeta");
+        }
+    }
 }
 
 TEST_CASE("batch_norm2d: no-grad records nothing, statistics still follow the options") {

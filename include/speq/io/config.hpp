@@ -169,6 +169,7 @@ struct TrainConfig {
     bool augment = true;
     int64_t seed = 0;
     int threads = 0;
+    bool sync_bn = false;  // data-parallel runs: batch norm over the whole batch (all ranks)
     std::string out_dir = "runs/default";
     std::string init_checkpoint;
     int log_every = 50;
@@ -460,6 +461,7 @@ inline const std::vector<ConfigField>& config_fields() {
         boolean(SPEQ_KEY(augment), "training augmentation: 4-pixel pad + random crop, horizontal flip (cifar10)"),
         integer(SPEQ_KEY(seed), at_least(0), "seed of weight init, shuffling, augmentation and SPEQ's bit draws"),
         integer(SPEQ_KEY(threads), between(0, 1024), "worker threads; 0 = OpenMP's default (results do not depend on it)"),
+        boolean(SPEQ_KEY(sync_bn), "data-parallel runs (mpirun -np N): batch norm in training mode normalizes with the statistics of the whole batch, summed over the ranks (as one process would), instead of each rank's slice; resuming on another N is then the same run. No effect in one process"),
         text(SPEQ_KEY(out_dir), false, "output folder: metrics.jsonl, config.json, checkpoints, summary.json"),
         text(SPEQ_KEY(init_checkpoint), true, "safetensors file to start from (an FP model for qat/speq); \"\" = random init"),
         integer(SPEQ_KEY(log_every), at_least(1), "steps between log lines"),

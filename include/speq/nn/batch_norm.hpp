@@ -11,6 +11,7 @@
 //   eval mode                       normalize with the running statistics.
 #pragma once
 
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -47,8 +48,14 @@ public:
         options.update_running_stats = is_training() && update_running_stats_;
         options.momentum = momentum_;
         options.eps = eps_;
+        options.sum_over_ranks = sum_over_ranks_;
         return options;
     }
+
+    // Synchronized batch norm over data-parallel ranks (ops' BatchNormOptions::sum_over_ranks);
+    // an empty function: this process's batch alone (the default). set_sum_over_ranks (below)
+    // sets it on a whole model.
+    void set_sum_over_ranks(std::function<void(double*, int64_t)> sum) { sum_over_ranks_ = std::move(sum); }
 
     // false: training-mode forwards leave running_mean / running_var unchanged (default true).
     void set_update_running_stats(bool on) { update_running_stats_ = on; }
@@ -68,10 +75,19 @@ private:
     int channels_;
     float momentum_, eps_;
     bool update_running_stats_ = true;
+    std::function<void(double*, int64_t)> sum_over_ranks_;
     Var weight_, bias_;
     Tensor* running_mean_ = nullptr;  // owned by Module's buffer list
     Tensor* running_var_ = nullptr;
 };
+
+// Every BatchNorm2d of `root`'s tree normalizes in training mode with the statistics of all ranks,
+// added by `sum` (empty: each rank's own again).
+inline void set_sum_over_ranks(Module& root, const std::function<void(double*, int64_t)>& sum) {
+    root.apply([&](Module& m) {
+        if (auto* bn = dynamic_cast<BatchNorm2d*>(&m)) bn->set_sum_over_ranks(sum);
+    });
+}
 
 // While alive, no BatchNorm2d in `root`'s tree updates its running statistics; afterwards each
 // one's previous setting is restored. Train/eval mode is not touched.

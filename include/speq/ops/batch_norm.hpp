@@ -1,8 +1,11 @@
 // speq/ops/batch_norm.hpp: batch normalization over the channels of an NCHW tensor.
 #pragma once
 
+#include <array>
 #include <cmath>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "speq/core/tape.hpp"
 #include "speq/kernels/elementwise.hpp"
@@ -15,6 +18,12 @@ struct BatchNormOptions {
     bool update_running_stats = true;  // only in training: false keeps running stats untouched (SPEQ teacher)
     float momentum = 0.1f;             // running = (1 - momentum) * running + momentum * batch (PyTorch)
     float eps = 1e-5f;
+    // Synchronized batch norm (data-parallel training): when set, training mode adds each
+    // per-channel sum over the processes before using it (sums[i] = the sum over the ranks of
+    // their sums[i], in place, the same on every rank), so every rank normalizes with the statistics
+    // of the whole batch and its backward with the gradient sums of the whole batch. The trainer
+    // sets it (train::Communicator); ops know nothing of processes.
+    std::function<void(double* sums, int64_t n)> sum_over_ranks;
 };
 
 namespace detail {
@@ -77,6 +86,7 @@ struct ChannelPlanes {
 
 struct BatchNormStatistics {
     Tensor mean, inv_std;  // [C] each
+    double count = 0.0;    // training: the values per channel they are over, all ranks' (M, or N * M)
 };
 
 // Eval mode: the running statistics, inv_std = 1 / sqrt(running_var + eps) (in double).
@@ -95,12 +105,60 @@ inline BatchNormStatistics batch_norm_eval_statistics(const Tensor& running_mean
 // order (SIMD blocks, double across blocks), channels in parallel: the same bits for any thread
 // count, and for every op that normalizes through this function.
 inline BatchNormStatistics batch_norm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var,
+                                                 const BatchNormOptions& options);
+
+// The same over several ranks (options.sum_over_ranks): the per-channel sums of each pass are
+// added over the ranks between the passes, so the mean, the variance (two passes, as above) and
+// the running statistics are those of all ranks' values together, on every rank.
+inline BatchNormStatistics synchronized_batch_norm_statistics(const Tensor& x, Tensor& running_mean,
+                                                              Tensor& running_var, const BatchNormOptions& options) {
+    using kernels::FloatBatch;
+    const ChannelPlanes at(x.shape());
+    const int64_t N = at.N, C = at.C, HW = at.HW;
+    const float* xd = x.data();
+    BatchNormStatistics stats{Tensor::uninitialized({C}), Tensor::uninitialized({C})};
+    std::vector<double> sums(static_cast<size_t>(C) + 1);  // per channel, then the count
+    parallel_for(0, C, [&](int64_t c) {
+        double sum = 0.0;
+        for (int64_t n = 0; n < N; ++n) sum += kernels::sum_map(HW, [](FloatBatch v) { return v; }, xd + at.plane(n, c));
+        sums[static_cast<size_t>(c)] = sum;
+    });
+    sums[static_cast<size_t>(C)] = static_cast<double>(at.M);
+    options.sum_over_ranks(sums.data(), C + 1);
+    const double M = sums[static_cast<size_t>(C)];
+    stats.count = M;
+    for (int64_t c = 0; c < C; ++c) stats.mean[c] = static_cast<float>(sums[static_cast<size_t>(c)] / M);
+    parallel_for(0, C, [&](int64_t c) {
+        const float m = stats.mean[c];
+        double squares = 0.0;
+        for (int64_t n = 0; n < N; ++n)
+            squares += kernels::sum_map(
+                HW, [m](FloatBatch v) { FloatBatch d = v - FloatBatch(m); return d * d; }, xd + at.plane(n, c));
+        sums[static_cast<size_t>(c)] = squares;
+    });
+    options.sum_over_ranks(sums.data(), C);
+    for (int64_t c = 0; c < C; ++c) {
+        const double var = sums[static_cast<size_t>(c)] / M;
+        stats.inv_std[c] = static_cast<float>(1.0 / std::sqrt(var + options.eps));
+        if (options.update_running_stats) {
+            const float unbiased = static_cast<float>(var * M / (M - 1));
+            running_mean[c] = (1.0f - options.momentum) * running_mean[c] + options.momentum * stats.mean[c];
+            running_var[c] = (1.0f - options.momentum) * running_var[c] + options.momentum * unbiased;
+        }
+    }
+    return stats;
+}
+
+inline BatchNormStatistics batch_norm_statistics(const Tensor& x, Tensor& running_mean, Tensor& running_var,
                                                  const BatchNormOptions& options) {
     using kernels::FloatBatch;
+    if (options.training && options.sum_over_ranks)
+        return synchronized_batch_norm_statistics(x, running_mean, running_var, options);
     const ChannelPlanes at(x.shape());
     const int64_t N = at.N, C = at.C, HW = at.HW, M = at.M;
     const float* xd = x.data();
     BatchNormStatistics stats{Tensor::uninitialized({C}), Tensor::uninitialized({C})};
+    stats.count = static_cast<double>(M);
     Tensor& mean = stats.mean;
     Tensor& inv_std = stats.inv_std;
     if (options.training) {
@@ -155,7 +213,7 @@ struct ChannelBackward {
     float m, is, k, mean_dy, mean_dy_xhat;
     double sum_dy_xhat;
     ChannelBackward(const BatchNormStatistics& s, const Tensor& gamma, int64_t c, double sum_dy, double sum_dy_xc,
-                    bool training, int64_t M)
+                    bool training, double M)
         : m(s.mean[c]), is(s.inv_std[c]), k(gamma[c] * s.inv_std[c]) {
         sum_dy_xhat = is * sum_dy_xc;
         // In eval both means drop out.
@@ -203,7 +261,11 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
     if (out.requires_grad()) {
         // Backward: detail::ChannelBackward (the math is written there). One pass over (dy, x)
         // per channel for both sums, one pass writing dx.
-        tape().record([x, gamma, beta, out, stats = std::move(stats), training = options.training, at] {
+        // Synchronized: the two sums of every channel are added over the ranks before dx (whose
+        // means are over the whole batch); dgamma and dbeta keep this rank's own share, as every
+        // parameter gradient does until the trainer averages them.
+        auto sum_over_ranks = options.training ? options.sum_over_ranks : nullptr;
+        tape().record([x, gamma, beta, out, stats = std::move(stats), training = options.training, at, sum_over_ranks] {
             if (!out.has_grad()) return;
             const int64_t N = at.N, HW = at.HW;
             const float* xd = x.value().data();
@@ -212,7 +274,8 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
             float* dx = x.requires_grad() ? x.grad_for_write(dx_fresh).data() : nullptr;
             float* dgamma = gamma.requires_grad() ? gamma.grad_for_accumulate().data() : nullptr;
             float* dbeta = beta.requires_grad() ? beta.grad_for_accumulate().data() : nullptr;
-            parallel_for(0, at.C, [&](int64_t c) {
+            // Pass 1 of channel c: sum(dy) and sum(dy * (x - mean)).
+            auto channel_sums = [&](int64_t c) {
                 const float m = stats.mean[c];
                 double sum_dy = 0.0, sum_dy_xc = 0.0;  // xc = x - mean
                 // Eval-mode dx needs no sums; skip the pass when nothing else does either.
@@ -224,9 +287,13 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
                     sum_dy += sums[0];
                     sum_dy_xc += sums[1];
                 }
-                const detail::ChannelBackward bn(stats, gamma.value(), c, sum_dy, sum_dy_xc, training, at.M);
-                if (dgamma) dgamma[c] += static_cast<float>(bn.sum_dy_xhat);
-                if (dbeta) dbeta[c] += static_cast<float>(sum_dy);
+                return std::array<double, 2>{sum_dy, sum_dy_xc};
+            };
+            // Pass 2 of channel c: dgamma, dbeta from this rank's sums, dx from the batch's.
+            auto channel_grads = [&](int64_t c, const std::array<double, 2>& own, const std::array<double, 2>& all) {
+                const detail::ChannelBackward bn(stats, gamma.value(), c, all[0], all[1], training, stats.count);
+                if (dgamma) dgamma[c] += static_cast<float>(stats.inv_std[c] * own[1]);
+                if (dbeta) dbeta[c] += static_cast<float>(own[0]);
                 if (!dx) return;
                 for (int64_t n = 0; n < N; ++n) {
                     const int64_t p = at.plane(n, c);
@@ -234,7 +301,19 @@ inline Var batch_norm2d(const Var& x, const Var& gamma, const Var& beta, Tensor&
                         dx_fresh, HW, dx + p, [&bn](FloatBatch d, FloatBatch g, FloatBatch v) { return d + bn.dx(g, v); },
                         dy + p, xd + p);
                 }
-            });
+            };
+            if (!sum_over_ranks) {  // one pass over the channels: each one's data is still in cache for pass 2
+                parallel_for(0, at.C, [&](int64_t c) {
+                    const std::array<double, 2> own = channel_sums(c);
+                    channel_grads(c, own, own);
+                });
+                return;
+            }
+            std::vector<std::array<double, 2>> own(static_cast<size_t>(at.C));
+            parallel_for(0, at.C, [&](int64_t c) { own[static_cast<size_t>(c)] = channel_sums(c); });
+            std::vector<std::array<double, 2>> all = own;  // contiguous: C pairs of doubles
+            sum_over_ranks(all.data()->data(), 2 * at.C);
+            parallel_for(0, at.C, [&](int64_t c) { channel_grads(c, own[static_cast<size_t>(c)], all[static_cast<size_t>(c)]); });
         });
     }
     return out;

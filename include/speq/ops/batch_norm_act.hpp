@@ -97,8 +97,11 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
     //   dgamma += inv_std * sum(dz * (x - mean)),  dbeta += sum(dz),  dx += k * (dz - ...)
     // Pass 1 reads (dy, x, r) once for all the sums and writes dresidual; pass 2 writes dx.
     // dalpha's per-channel sums are added in channel order: thread-count independent.
+    // Synchronized batch norm: as batch_norm2d, dx's two sums are added over the ranks between
+    // the passes, while dgamma, dbeta, dalpha and dresidual keep this rank's share.
+    auto sum_over_ranks = options.training ? options.sum_over_ranks : nullptr;
     tape().record([x, gamma, beta, alpha, residual, out, stats = std::move(stats), act, training = options.training,
-                   at, rd...] {
+                   at, sum_over_ranks, rd...] {
         if (!out.has_grad()) return;
         const int64_t N = at.N, HW = at.HW;
         const float* xd = x.value().data();
@@ -118,7 +121,8 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
         const bool needs_pass1 = training || dgamma || dbeta || wants_dalpha || dr;
         constexpr size_t K = Act::kLearnsAlpha ? 3 : 2;  // the sums of pass 1
 
-        parallel_for(0, at.C, [&](int64_t c) {
+        // Pass 1 of channel c: its sums (dz, dz * xc) and dalpha's share, dresidual written.
+        auto pass1 = [&](int64_t c) {
             const ChannelAffine affine(stats, gamma.value(), beta.value(), c);
             const float m = affine.m;
             double sum_dz = 0.0, sum_dz_xc = 0.0, dalpha = 0.0;  // xc = x - mean
@@ -154,9 +158,14 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
                 if constexpr (Act::kLearnsAlpha) dalpha += s[2];
             }
             dalpha_of_channel[static_cast<size_t>(c)] = dalpha;
-            const ChannelBackward bn(stats, gamma.value(), c, sum_dz, sum_dz_xc, training, at.M);
-            if (dgamma) dgamma[c] += static_cast<float>(bn.sum_dy_xhat);
-            if (dbeta) dbeta[c] += static_cast<float>(sum_dz);
+            return std::array<double, 2>{sum_dz, sum_dz_xc};
+        };
+        // Pass 2 of channel c: dgamma, dbeta from this rank's sums, dx from the batch's.
+        auto pass2 = [&](int64_t c, const std::array<double, 2>& own, const std::array<double, 2>& all) {
+            const ChannelAffine affine(stats, gamma.value(), beta.value(), c);
+            const ChannelBackward bn(stats, gamma.value(), c, all[0], all[1], training, stats.count);
+            if (dgamma) dgamma[c] += static_cast<float>(stats.inv_std[c] * own[1]);
+            if (dbeta) dbeta[c] += static_cast<float>(own[0]);
             if (!dx) return;
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t p = at.plane(n, c);
@@ -167,7 +176,19 @@ Var batch_norm_act_with(const Var& x, const Var& gamma, const Var& beta, Tensor&
                     },
                     dy + p, xd + p, (rd + p)...);
             }
-        });
+        };
+        if (!sum_over_ranks) {  // one pass over the channels: each one's data is still in cache for pass 2
+            parallel_for(0, at.C, [&](int64_t c) {
+                const std::array<double, 2> own = pass1(c);
+                pass2(c, own, own);
+            });
+        } else {
+            std::vector<std::array<double, 2>> own(static_cast<size_t>(at.C));
+            parallel_for(0, at.C, [&](int64_t c) { own[static_cast<size_t>(c)] = pass1(c); });
+            std::vector<std::array<double, 2>> all = own;
+            sum_over_ranks(all.data()->data(), 2 * at.C);
+            parallel_for(0, at.C, [&](int64_t c) { pass2(c, own[static_cast<size_t>(c)], all[static_cast<size_t>(c)]); });
+        }
         if (wants_dalpha) {
             double total = 0.0;
             for (double d : dalpha_of_channel) total += d;

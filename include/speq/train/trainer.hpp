@@ -303,10 +303,11 @@ private:
             nn::configure_quantization(*model_, quant_config(config_));
             make_optimizer();
             at_ = load_checkpoint(file, last, *model_, *sgd_);
-            SPEQ_CHECK(at_.ranks == comm_->size(), "--resume: ", last, " was written by a run on ", at_.ranks,
-                       " process(es), this one runs on ", comm_->size(), ": batch norm normalizes each rank's ",
-                       "slice of a batch (batch_size / processes images), so that would be another run; resume "
-                       "it on ", at_.ranks);
+            SPEQ_CHECK(at_.ranks == comm_->size() || config_.sync_bn, "--resume: ", last, " was written by a run on ",
+                       at_.ranks, " process(es), this one runs on ", comm_->size(), ": batch norm normalizes each ",
+                       "rank's slice of a batch (batch_size / processes images), so that would be another run; resume ",
+                       "it on ", at_.ranks, " (with sync_bn the number of processes may change)");
+            at_.ranks = comm_->size();
             log("resumed from " + last + " at epoch " + std::to_string(at_.epoch + 1) + ", batch " +
                 std::to_string(at_.batch) + " (step " + std::to_string(at_.step) + ")");
             if (writer()) trim_metrics(at_.epoch);
@@ -334,6 +335,8 @@ private:
         }
         if (writer()) io::write_file_atomically(out("config.json"), io::to_json(config_).dump(2) + "\n");
         if (config_.method == io::Method::kd) load_teacher();
+        if (distributed() && config_.sync_bn)  // after calibration, which sees the whole first batch on every rank
+            nn::set_sum_over_ranks(*model_, [comm = comm_](double* sums, int64_t n) { comm->sum(sums, n); });
         for (const std::string& line : io::config_warnings(config_)) log("warning: " + line);
     }
 
@@ -461,7 +464,7 @@ private:
         }
         check_gradients(value);
         sgd_->step();
-        if (distributed()) share_running_statistics();
+        if (distributed() && !config_.sync_bn) share_running_statistics();  // with sync_bn they agree already
         check_state();
         at_.loss_sum += shared[0], at_.ce_sum += shared[1], at_.kd_sum += shared[2], at_.high_sum += shared[3];
         at_.correct += static_cast<int64_t>(shared[4]);
@@ -603,8 +606,14 @@ private:
     std::optional<EvalResult> evaluate_teacher_now() {
         if (config_.method != io::Method::speq || !config_.speq.eval_teacher) return std::nullopt;
         Rng draws(static_cast<uint64_t>(config_.seed), kTeacherEvalStream + static_cast<uint64_t>(at_.epoch));
-        return add_up(evaluate_teacher(*model_, *test_, data_.normalization, config_.batch_size, config_.act_bits,
-                                       config_.speq, draws));
+        // Each rank measures its part of the test set on its own batches (a diagnostic): synchronized
+        // batch norm would need the same number of batches on every rank.
+        if (distributed() && config_.sync_bn) nn::set_sum_over_ranks(*model_, nullptr);
+        const EvalResult part = evaluate_teacher(*model_, *test_, data_.normalization, config_.batch_size,
+                                                 config_.act_bits, config_.speq, draws);
+        if (distributed() && config_.sync_bn)
+            nn::set_sum_over_ranks(*model_, [comm = comm_](double* sums, int64_t n) { comm->sum(sums, n); });
+        return add_up(part);
     }
 
     void write_metrics(const EvalResult& eval, const std::optional<EvalResult>& teacher, bool epoch_done) {
