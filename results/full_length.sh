@@ -78,9 +78,12 @@ run() {
     cp "$keep/last.safetensors" "$keep/metrics.jsonl" "$dir/"
     rm -f "$dir/summary.json"
   fi
-  local resume=() started from
+  local resume=() started from commit
   [ ! -f "$dir/last.safetensors" ] || resume=(--resume)
   started=$(date -u +%FT%TZ) from=$(epochs_done "$dir/metrics.jsonl")
+  # The code the binary was built from is not known here: the checkout's commit at the start
+  # ("-dirty": with uncommitted changes); build the binary from it before running.
+  commit=$(git describe --always --dirty)
   mkdir -p "$dir"
   # shellcheck disable=SC2086
   "$build/speq-train" --config $args --set out_dir="$dir" --set data_dir="$data_dir" "${resume[@]}" &
@@ -93,7 +96,7 @@ run() {
   local wall
   wall=$(python3 -c 'import sys; print(round(float(sys.argv[1]), 1))' "$(checkpoint_meta "$dir/last.safetensors" wall_seconds)")
   printf '{"started": "%s", "stopped": "%s", "machine": "%s", "commit": "%s", "epochs_from": %s, "epochs_to": %s, "wall_seconds_total": %s, "exit": %s}\n' \
-    "$started" "$(date -u +%FT%TZ)" "$(machine)" "$(git rev-parse --short HEAD)" "$from" \
+    "$started" "$(date -u +%FT%TZ)" "$(machine)" "$commit" "$from" \
     "$(epochs_done "$dir/metrics.jsonl")" "$wall" "$rc" >>"$keep/segments.jsonl"
   if [ -f "$dir/summary.json" ] && [ "$rc" = 0 ]; then
     publish "$name"
