@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "child_process.hpp"
+#include "run_files.hpp"
 #include "speq/speq.hpp"
 #include "synthetic_mnist.hpp"
 
@@ -29,7 +30,10 @@ namespace fs = std::filesystem;
 #if defined(SPEQ_MPIRUN) && defined(SPEQ_TRAIN_MPI_BIN)
 namespace {
 
+using testing::check_same_tensors;
 using testing::Child;
+using testing::lines_of;
+using testing::timeless;
 using testing::spawn;
 
 struct TempDir {
@@ -77,20 +81,6 @@ std::vector<std::string> mpirun(int ranks, const fs::path& config, const fs::pat
 
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
-std::vector<std::string> lines_of(const fs::path& file) {
-    std::ifstream in(file);
-    std::vector<std::string> out;
-    for (std::string line; std::getline(in, line);) out.push_back(line);
-    return out;
-}
-
-nlohmann::json timeless(const std::string& line) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("wall_seconds");
-    j.erase("images_per_second");
-    return j;
-}
-
 // The two runs' metrics (without times) and every tensor of last.safetensors, bit for bit.
 void check_same_run(const fs::path& a, const fs::path& b, size_t epochs) {
     const std::vector<std::string> ma = lines_of(a / "metrics.jsonl"), mb = lines_of(b / "metrics.jsonl");
@@ -98,14 +88,7 @@ void check_same_run(const fs::path& a, const fs::path& b, size_t epochs) {
     REQUIRE(mb.size() == ma.size());
     for (size_t i = 0; i < ma.size(); ++i) CHECK(timeless(ma[i]) == timeless(mb[i]));
     const io::TensorFile fa = io::load_safetensors((a / "last.safetensors").string());
-    const io::TensorFile fb = io::load_safetensors((b / "last.safetensors").string());
-    REQUIRE(fa.tensors.size() == fb.tensors.size());
-    for (size_t i = 0; i < fa.tensors.size(); ++i) {
-        INFO(fa.tensors[i].first);
-        CHECK(fa.tensors[i].first == fb.tensors[i].first);
-        CHECK(std::memcmp(fa.tensors[i].second.data(), fb.tensors[i].second.data(),
-                          4 * static_cast<size_t>(fa.tensors[i].second.numel())) == 0);
-    }
+    check_same_tensors(fa, io::load_safetensors((b / "last.safetensors").string()));
     CHECK(fa.metadata.at("ranks") == "2");
 }
 

@@ -21,6 +21,7 @@
 
 #include "speq/speq.hpp"
 #include "child_process.hpp"
+#include "run_files.hpp"
 #include "synthetic_mnist.hpp"
 #include "speq/train/interrupt.hpp"
 #include "speq/train/trainer.hpp"
@@ -31,7 +32,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using testing::check_same_tensors;
 using testing::Child;
+using testing::lines_of;
+using testing::timeless;
 using testing::run;
 using testing::spawn;
 using testing::write_split;
@@ -52,20 +56,6 @@ struct TempDir {
 std::string read_bytes(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-[[maybe_unused]] std::vector<std::string> lines_of(const fs::path& file) {
-    std::ifstream in(file);
-    std::vector<std::string> out;
-    for (std::string line; std::getline(in, line);) out.push_back(line);
-    return out;
-}
-
-[[maybe_unused]] nlohmann::json timeless(const std::string& line) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("wall_seconds");
-    j.erase("images_per_second");
-    return j;
 }
 
 std::vector<std::string> listing(const fs::path& dir) {
@@ -309,13 +299,8 @@ TEST_CASE("speq-train: SIGINT mid-epoch writes a checkpoint and prints the comma
     for (size_t i = 0; i < a.size(); ++i) CHECK(timeless(a[i]) == timeless(b[i]));
     CHECK(fs::exists(out / "epoch_1.safetensors"));
     CHECK(fs::exists(out / "epoch_2.safetensors"));
-    io::TensorFile fa = io::load_safetensors((tmp.path / "straight" / "last.safetensors").string());
-    io::TensorFile fb = io::load_safetensors((out / "last.safetensors").string());
-    REQUIRE(fa.tensors.size() == fb.tensors.size());
-    for (size_t i = 0; i < fa.tensors.size(); ++i)
-        CHECK_MESSAGE(std::memcmp(fa.tensors[i].second.data(), fb.tensors[i].second.data(),
-                                  4 * static_cast<size_t>(fa.tensors[i].second.numel())) == 0,
-                      fa.tensors[i].first);
+    check_same_tensors(io::load_safetensors((tmp.path / "straight" / "last.safetensors").string()),
+                       io::load_safetensors((out / "last.safetensors").string()));
 }
 
 TEST_CASE("speq-train: SIGTERM stops after the step with exit code 143, a second SIGINT stops at once") {

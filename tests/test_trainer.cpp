@@ -9,6 +9,7 @@
 #include <map>
 
 #include "speq/speq.hpp"
+#include "run_files.hpp"
 #include "synthetic_mnist.hpp"
 #include "speq/train/trainer.hpp"
 
@@ -17,6 +18,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using testing::check_same_tensors;
+using testing::lines_of;
+using testing::timeless;
 using testing::write_split;
 
 struct TempDir {
@@ -43,21 +47,6 @@ io::TrainConfig tiny_config(const fs::path& data, const fs::path& out) {
     c.act_bits = 2;
     c.log_every = 1000;
     return c;
-}
-
-std::vector<std::string> lines_of(const fs::path& file) {
-    std::ifstream in(file);
-    std::vector<std::string> out;
-    for (std::string line; std::getline(in, line);) out.push_back(line);
-    return out;
-}
-
-// Metrics without the fields that measure time.
-nlohmann::json timeless(const std::string& line) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("wall_seconds");
-    j.erase("images_per_second");
-    return j;
 }
 
 // A one-step run of tiny_config on its own small data set; returns its last.safetensors.
@@ -100,13 +89,8 @@ TEST_CASE("trainer: a run interrupted mid-epoch and resumed matches an uninterru
     REQUIRE(b.size() == 2);
     for (size_t i = 0; i < a.size(); ++i) CHECK(timeless(a[i]) == timeless(b[i]));
 
-    io::TensorFile fa = io::load_safetensors((tmp.path / "straight" / "last.safetensors").string());
-    io::TensorFile fb = io::load_safetensors((tmp.path / "interrupted" / "last.safetensors").string());
-    REQUIRE(fa.tensors.size() == fb.tensors.size());
-    for (size_t i = 0; i < fa.tensors.size(); ++i) {
-        CHECK(fa.tensors[i].first == fb.tensors[i].first);
-        CHECK(std::memcmp(fa.tensors[i].second.data(), fb.tensors[i].second.data(), 4 * fa.tensors[i].second.numel()) == 0);
-    }
+    check_same_tensors(io::load_safetensors((tmp.path / "straight" / "last.safetensors").string()),
+                       io::load_safetensors((tmp.path / "interrupted" / "last.safetensors").string()));
     CHECK(fs::exists(tmp.path / "straight" / "epoch_1.safetensors"));
     CHECK(fs::exists(tmp.path / "straight" / "epoch_2.safetensors"));
     CHECK(fs::exists(tmp.path / "straight" / "summary.json"));
@@ -275,15 +259,8 @@ TEST_CASE("trainer: speq runs log the teacher's test top-1 each epoch, and measu
         CHECK_FALSE(nlohmann::json::parse(line).contains("teacher_top1"));
 
     // Every parameter bit for bit.
-    const io::TensorFile a = io::load_safetensors((tmp.path / "measured" / "last.safetensors").string());
-    const io::TensorFile b = io::load_safetensors((tmp.path / "silent" / "last.safetensors").string());
-    REQUIRE(a.tensors.size() == b.tensors.size());
-    for (size_t i = 0; i < a.tensors.size(); ++i) {
-        INFO(a.tensors[i].first);
-        CHECK(a.tensors[i].first == b.tensors[i].first);
-        CHECK(std::memcmp(a.tensors[i].second.data(), b.tensors[i].second.data(),
-                          static_cast<size_t>(a.tensors[i].second.numel()) * sizeof(float)) == 0);
-    }
+    check_same_tensors(io::load_safetensors((tmp.path / "measured" / "last.safetensors").string()),
+                       io::load_safetensors((tmp.path / "silent" / "last.safetensors").string()));
 
     // The teacher's number is the one speq-eval --speq-teacher gives for the same draw.
     const std::string last = (tmp.path / "measured" / "last.safetensors").string();
